@@ -1,0 +1,1 @@
+"""Example custom environments: each one file, registered with ``register_env``."""

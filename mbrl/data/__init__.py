@@ -1,0 +1,1 @@
+"""Data layer: replay buffer, D4RL-format datasets, normalized scores."""

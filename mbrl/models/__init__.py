@@ -1,0 +1,1 @@
+"""Dynamics models and the batched rollout engine (model-as-environment)."""

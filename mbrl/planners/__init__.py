@@ -1,0 +1,1 @@
+"""Trajectory optimizers over action sequences: CEM, iCEM, MPPI."""
