@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import gymnasium as gym
 
-from mbrl.errors import MbrlError
+from mbrl.errors import MbrlError, unknown_name
 from mbrl.registry import ENVS, Entry
 from mbrl.types import RewardFn, TerminationFn
 
@@ -132,9 +132,23 @@ def register_env(
 
 
 def get_env_spec(env_id: str) -> EnvSpec:
-    """Look up a registered env; unknown ids get a close-match suggestion."""
-    spec: EnvSpec = ENVS.get(env_id).obj
-    return spec
+    """Look up an env: mbrl's registry first, then any id gymnasium knows.
+
+    A gymnasium-only env has no termination/reward functions, so model-free agents
+    can train on it but a learned model cannot roll out in it. Unknown ids get a
+    close-match suggestion.
+    """
+    if env_id in ENVS:
+        spec: EnvSpec = ENVS.get(env_id).obj
+        return spec
+    if env_id in gym.registry:
+        return EnvSpec(id=env_id, notes="gymnasium env without mbrl termination/reward fns")
+    raise unknown_name(
+        "env",
+        env_id,
+        set(ENVS.names()) | set(gym.registry),
+        hint="'mbrl envs' lists mbrl's envs; any gymnasium id works for model-free agents.",
+    )
 
 
 __all__ = ["EnvSpec", "add_env_spec", "flat_dim", "get_env_spec", "register_env"]

@@ -26,7 +26,9 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 def unknown_name(kind: str, name: str, choices: Iterable[str], hint: str = "") -> MbrlError:
     """Build the standard error for an unknown registered name."""
     choices = sorted(choices)
-    listing = ", ".join(choices) if choices else "(none registered)"
+    listing = ", ".join(choices[:40]) if choices else "(none registered)"
+    if len(choices) > 40:
+        listing += f", ... ({len(choices)} in all)"
     msg = f"unknown {kind} '{name}'.{did_you_mean(name, choices)} Known {kind}s: {listing}."
     if hint:
         msg += f" {hint}"

@@ -1,0 +1,378 @@
+"""The ``mbrl`` command line.
+
+``mbrl COMMAND --help`` documents each command. Leaf commands are parsed by tyro
+from typed dataclasses and function signatures, so every config field is a flag.
+User errors (:class:`mbrl.errors.MbrlError`) print one message and exit 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Annotated, Any
+
+import tyro
+from rich.console import Console
+from rich.table import Table
+
+from mbrl.errors import MbrlError, did_you_mean
+
+Handler = Callable[[list[str]], int]
+console = Console()
+err_console = Console(stderr=True)
+
+
+@dataclass(frozen=True)
+class Command:
+    handler: Handler
+    summary: str
+
+
+def dispatch(prog: str, commands: dict[str, Command], argv: list[str], intro: str = "") -> int:
+    """Run ``commands[argv[0]]`` with the rest of ``argv``; print help otherwise."""
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print_commands(prog, commands, intro)
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in commands:
+        raise MbrlError(
+            f"unknown command '{prog} {name}'.{did_you_mean(name, commands)} "
+            f"Run '{prog} --help' for the list."
+        )
+    return commands[name].handler(rest)
+
+
+def print_commands(prog: str, commands: dict[str, Command], intro: str = "") -> None:
+    console.print(f"usage: {prog} COMMAND [ARGS]...")
+    if intro:
+        console.print(f"\n{intro}")
+    table = Table(show_header=False, box=None, pad_edge=False)
+    for name, cmd in commands.items():
+        table.add_row(f"  [bold]{name}[/bold]", cmd.summary)
+    console.print("\ncommands:")
+    console.print(table)
+    console.print(f"\nRun '{prog} COMMAND --help' for a command's options.")
+
+
+# -- train -------------------------------------------------------------------------
+def _pop_option(argv: list[str], *names: str) -> tuple[str | None, list[str]]:
+    """Remove ``--name VALUE`` / ``--name=VALUE`` from argv, returning the value."""
+    out, value, i = [], None, 0
+    while i < len(argv):
+        arg = argv[i]
+        key = arg.split("=", 1)[0]
+        if key in names:
+            if "=" in arg:
+                value = arg.split("=", 1)[1]
+            elif i + 1 < len(argv):
+                value = argv[i + 1]
+                i += 1
+            else:
+                raise MbrlError(f"{key} needs a value.")
+        else:
+            out.append(arg)
+        i += 1
+    return value, out
+
+
+def train_usage() -> None:
+    from mbrl.config import list_presets
+    from mbrl.registry import AGENTS
+
+    console.print("usage: mbrl train AGENT [--preset NAME] [--config FILE.yaml] [--FIELD VALUE]...")
+    console.print("       mbrl train --resume RUN_DIR\n")
+    console.print(
+        "Train an agent online on --run.env, or offline on --run.dataset. Values come\n"
+        "from the agent's defaults, then the preset (configs/AGENT/NAME.yaml) or --config\n"
+        "file, then command-line overrides; the resolved config is saved in the run dir.\n"
+    )
+    table = Table(title="agents", title_justify="left")
+    table.add_column("agent")
+    table.add_column("description")
+    table.add_column("presets")
+    for entry in AGENTS.entries():
+        table.add_row(entry.name, entry.description, ", ".join(list_presets(entry.name)))
+    if not len(AGENTS):
+        table.add_row("(none registered yet)", "", "")
+    console.print(table)
+    console.print("\n'mbrl train AGENT --help' lists every field of that agent and of the run.")
+
+
+def cmd_train(argv: list[str]) -> int:
+    from mbrl import train as training
+    from mbrl.config import RunConfig, deep_merge, from_dict, load_preset, load_yaml, to_dict
+    from mbrl.registry import AGENTS
+    from mbrl.rundir import RunDir
+
+    resume, argv = _pop_option(argv, "--resume")
+    if resume is not None:
+        if argv:
+            raise MbrlError(
+                f"--resume continues a run with its saved config; drop the other "
+                f"arguments ({' '.join(argv)})."
+            )
+        run_dir = RunDir.open(resume)
+        name = training.saved_agent_name(run_dir)
+        cfg = training.load_run_config(run_dir, _config_class(AGENTS.get(name)))
+        out = training.train(name, cfg, resume=run_dir.path)
+        console.print(f"run resumed and finished: {out.path}")
+        return 0
+    if not argv or argv[0].startswith("-"):
+        train_usage()
+        return 0 if argv and argv[0] in {"-h", "--help"} else 2
+    name, argv = argv[0], argv[1:]
+    entry = AGENTS.get(name)
+    cfg_cls = _config_class(entry)
+    preset, argv = _pop_option(argv, "--preset")
+    config_file, argv = _pop_option(argv, "--config")
+    merged: dict[str, Any] = {"agent": to_dict(cfg_cls()), "run": to_dict(RunConfig())}
+    if preset is not None:
+        merged = deep_merge(merged, _split_preset(load_preset(name, preset), preset))
+    if config_file is not None:
+        merged = deep_merge(merged, _split_preset(load_yaml(config_file), config_file))
+    source = f"preset '{preset}'" if preset else (config_file or "defaults")
+    default: training.TrainConfig[Any] = training.TrainConfig(
+        agent=from_dict(cfg_cls, merged["agent"], source=f"{source} (agent)"),
+        run=from_dict(RunConfig, merged["run"], source=f"{source} (run)"),
+    )
+    cfg = tyro.cli(
+        training.TrainConfig[cfg_cls],  # type: ignore[valid-type]
+        default=default,
+        args=argv,
+        prog=f"mbrl train {name}",
+        description=f"{entry.description}\n\nPresets: "
+        + (", ".join(_presets(name)) or "none")
+        + " (--preset NAME or --config FILE.yaml).",
+    )
+    out = training.train(name, cfg)
+    console.print(f"run finished: {out.path}")
+    return 0
+
+
+def _config_class(entry: Any) -> type:
+    if entry.config is None:
+        raise MbrlError(f"agent '{entry.name}' was registered without a config class.")
+    cls: type = entry.config
+    return cls
+
+
+def _presets(name: str) -> list[str]:
+    from mbrl.config import list_presets
+
+    return list_presets(name)
+
+
+def _split_preset(data: dict[str, Any], source: str) -> dict[str, Any]:
+    unknown = sorted(set(data) - {"agent", "run"})
+    if unknown:
+        raise MbrlError(
+            f"{source}: top-level keys must be 'agent' and 'run', got {', '.join(unknown)}."
+        )
+    return data
+
+
+# -- eval --------------------------------------------------------------------------
+def cmd_eval(argv: list[str]) -> int:
+    def evaluate(
+        run_dir: Annotated[Path, tyro.conf.Positional],
+        episodes: int = 10,
+        video: bool = False,
+        device: str = "cpu",
+    ) -> None:
+        """Re-evaluate the latest checkpoint of a run directory.
+
+        Args:
+            run_dir: the run's folder (holds config.yaml and checkpoints/).
+            episodes: deterministic evaluation episodes.
+            video: also write an MP4 of the first episode to RUN_DIR/videos/.
+            device: torch device for the policy.
+        """
+        from mbrl import train as training
+        from mbrl.registry import AGENTS
+        from mbrl.rundir import RunDir
+
+        rd = RunDir.open(run_dir)
+        name = training.saved_agent_name(rd)
+        cls = AGENTS.get(name).obj
+        if not hasattr(cls, "evaluate_run"):
+            raise MbrlError(f"agent '{name}' does not support re-evaluation (no evaluate_run).")
+        result = cls.evaluate_run(rd, episodes=episodes, video=video, device=device)
+        table = Table("metric", "value")
+        for key, value in result.items():
+            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+        console.print(table)
+
+    tyro.cli(evaluate, args=argv, prog="mbrl eval")
+    return 0
+
+
+# -- data --------------------------------------------------------------------------
+def cmd_data(argv: list[str]) -> int:
+    commands = {
+        "info": Command(_data_info, "Sizes, dims, episodes, returns and ref scores of a dataset."),
+        "convert": Command(_data_convert, "Convert between D4RL HDF5, .npz and Minari."),
+        "download": Command(_data_download, "Download a D4RL dataset id into the d4rl cache."),
+    }
+    return dispatch("mbrl data", commands, argv, intro="Datasets in the D4RL format.")
+
+
+def _data_info(argv: list[str]) -> int:
+    def info(source: Annotated[str, tyro.conf.Positional]) -> None:
+        """Describe a dataset: a D4RL id (d4rl:hopper-medium-v2), minari:ID or an .hdf5 path.
+
+        Args:
+            source: dataset id or file path.
+        """
+        from mbrl.data.d4rl import print_info
+
+        print_info(source, console=console)
+
+    tyro.cli(info, args=argv, prog="mbrl data info")
+    return 0
+
+
+def _data_convert(argv: list[str]) -> int:
+    def convert(
+        src: Annotated[str, tyro.conf.Positional],
+        dst: Annotated[Path, tyro.conf.Positional],
+        overwrite: bool = False,
+    ) -> None:
+        """Convert a dataset (D4RL .hdf5 or id, .npz, minari:ID) to .hdf5 (D4RL layout) or .npz.
+
+        The source is only read; the destination is written atomically.
+
+        Args:
+            src: source dataset (id or path).
+            dst: destination file (.hdf5 or .npz).
+            overwrite: replace an existing destination file.
+        """
+        from mbrl.data.d4rl import convert as do_convert
+
+        do_convert(src, dst, overwrite=overwrite)
+        console.print(f"wrote {dst}")
+
+    tyro.cli(convert, args=argv, prog="mbrl data convert")
+    return 0
+
+
+def _data_download(argv: list[str]) -> int:
+    def download(dataset: Annotated[str, tyro.conf.Positional]) -> None:
+        """Download a D4RL dataset (e.g. d4rl:hopper-medium-v2) into $D4RL_DATASET_DIR
+        (default ~/.d4rl/datasets), under the file name the d4rl package uses.
+
+        Args:
+            dataset: a d4rl: dataset id.
+        """
+        from mbrl.data.datasets import resolve_dataset
+
+        path = resolve_dataset(dataset)
+        console.print(f"{dataset}: {path}")
+
+    tyro.cli(download, args=argv, prog="mbrl data download")
+    return 0
+
+
+# -- listings ----------------------------------------------------------------------
+def cmd_envs(argv: list[str]) -> int:
+    def envs(dims: bool = True) -> None:
+        """List registered environments, their dims, and whether termination/reward
+        functions exist (a model can only roll out where they do).
+
+        Args:
+            dims: show observation/action sizes (builds envs that don't declare them).
+        """
+        from mbrl.registry import ENVS
+
+        table = Table("env", "obs", "act", "termination fn", "reward fn", "D4RL ref min/max")
+        for entry in ENVS.entries():
+            spec = entry.obj
+            o, a = spec.dims() if dims else (spec.obs_dim, spec.act_dim)
+            term = "never terminates" if spec.never_terminates else _yes(spec.termination_fn)
+            refs = (
+                f"{spec.ref_min_score:g} / {spec.ref_max_score:g}"
+                if spec.ref_min_score is not None and spec.ref_max_score is not None
+                else ""
+            )
+            table.add_row(entry.name, str(o), str(a), term, _yes(spec.reward_fn), refs)
+        console.print(table)
+        console.print(f"{len(ENVS)} environments. Add your own with mbrl.envs.register_env.")
+
+    tyro.cli(envs, args=argv, prog="mbrl envs")
+    return 0
+
+
+def _yes(fn: object) -> str:
+    return "yes" if fn is not None else "no"
+
+
+def cmd_agents(argv: list[str]) -> int:
+    def agents(name: Annotated[str | None, tyro.conf.Positional] = None) -> None:
+        """List registered agents, or show one agent's config fields and defaults.
+
+        Args:
+            name: an agent to describe in full.
+        """
+        from mbrl.registry import AGENTS
+
+        if name is None:
+            table = Table("agent", "config", "description", "presets")
+            for entry in AGENTS.entries():
+                cfg = entry.config.__name__ if entry.config else ""
+                table.add_row(entry.name, cfg, entry.description, ", ".join(_presets(entry.name)))
+            console.print(table)
+            if not len(AGENTS):
+                console.print("no agents registered yet.")
+            return
+        entry = AGENTS.get(name)
+        console.print(f"[bold]{entry.name}[/bold]: {entry.description}")
+        _print_config(_config_class(entry))
+        console.print(f"presets: {', '.join(_presets(name)) or 'none'}")
+
+    tyro.cli(agents, args=argv, prog="mbrl agents")
+    return 0
+
+
+def _print_config(cls: type, prefix: str = "agent.") -> None:
+    table = Table("field", "type", "default")
+    default = cls()
+    for f in fields(default):
+        table.add_row(prefix + f.name, str(f.type), repr(getattr(default, f.name)))
+    console.print(table)
+
+
+# -- entry point -------------------------------------------------------------------
+COMMANDS: dict[str, Command] = {
+    "train": Command(cmd_train, "Train an agent online (--run.env) or offline (--run.dataset)."),
+    "eval": Command(cmd_eval, "Re-evaluate a run's latest checkpoint (optionally with video)."),
+    "data": Command(cmd_data, "Datasets: info, convert, download."),
+    "envs": Command(cmd_envs, "List environments with dims and termination/reward functions."),
+    "agents": Command(cmd_agents, "List agents and their configs."),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in {"-V", "--version"}:
+        from mbrl import __version__
+
+        console.print(f"mbrl {__version__}")
+        return 0
+    try:
+        return dispatch(
+            "mbrl",
+            COMMANDS,
+            args,
+            intro="Model-based reinforcement learning: train, evaluate and compare agents.",
+        )
+    except MbrlError as exc:
+        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("interrupted.")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""The composition root of a training run.
+
+``mbrl train AGENT`` resolves a :class:`TrainConfig` (dataclass defaults < preset <
+``--config`` file < command-line overrides), creates the run directory, writes the
+resolved config, seeds everything, builds the agent through the registry and lets
+it run. Components never read global state: everything they need is in the config
+and the :class:`RunContext` handed to them.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+import numpy as np
+import torch
+
+from mbrl.config import RunConfig, from_dict, load_yaml
+from mbrl.envs import get_env_spec
+from mbrl.errors import MbrlError
+from mbrl.registry import AGENTS
+from mbrl.rundir import MetricsLogger, RunDir, provenance
+
+A = TypeVar("A")
+
+
+@dataclass
+class TrainConfig(Generic[A]):
+    """A run: the agent's own config plus the run-level settings."""
+
+    agent: A
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+@dataclass
+class RunContext:
+    """What a running agent gets from the composition root."""
+
+    run_dir: RunDir
+    logger: MetricsLogger
+    device: torch.device
+    resumed: bool = False
+
+
+class Agent(Protocol):
+    """What ``mbrl train`` needs from a registered agent class.
+
+    ``train`` runs the whole budget (resuming from ``ctx.run_dir``'s latest
+    checkpoint when ``ctx.resumed``), logs through ``ctx.logger`` and returns the
+    final evaluation, e.g. ``{"eval/return": 1234.5, "eval/return_std": 10.0}``.
+    """
+
+    def __init__(self, cfg: TrainConfig[Any], ctx: RunContext) -> None: ...
+
+    def train(self) -> dict[str, float]: ...
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MbrlError(
+            f"run.device='{name}' but torch sees no CUDA device (torch {torch.__version__}); "
+            "use --run.device cpu, or install a CUDA build of torch (see README)."
+        )
+    return device
+
+
+def load_run_config(run_dir: RunDir, agent_config: type) -> TrainConfig[Any]:
+    """Read a run's saved ``config.yaml`` back into a typed :class:`TrainConfig`."""
+    data = load_yaml(run_dir.config_path)
+    source = str(run_dir.config_path)
+    agent: Any = from_dict(agent_config, data.get("agent", {}), source=f"{source} (agent)")
+    run = from_dict(RunConfig, data.get("run", {}), source=f"{source} (run)")
+    return TrainConfig(agent=agent, run=run)
+
+
+def saved_agent_name(run_dir: RunDir) -> str:
+    name = load_yaml(run_dir.config_path).get("agent_name")
+    if not isinstance(name, str):
+        raise MbrlError(f"{run_dir.config_path} has no 'agent_name'; was it written by mbrl?")
+    return name
+
+
+def train(agent_name: str, cfg: TrainConfig[Any], resume: Path | None = None) -> RunDir:
+    """Run ``agent_name`` with ``cfg`` (or continue the run in ``resume``)."""
+    entry = AGENTS.get(agent_name)
+    run = cfg.run
+    if run.dataset is None:
+        get_env_spec(run.env)  # fail before anything is written for an unknown env
+    torch.set_num_threads(run.torch_threads)
+    device = resolve_device(run.device)
+    if resume is not None:
+        run_dir = RunDir.open(resume)
+    else:
+        env_name = run.dataset or run.env
+        run_dir = RunDir.create(run.run_root, env_name, agent_name, run.seed, run.run_name)
+        run_dir.save_config({"agent_name": agent_name, **_as_dict(cfg)})
+    seed_everything(run.seed)
+    start = time.perf_counter()
+    with MetricsLogger(run_dir, tensorboard=run.tensorboard) as logger:
+        ctx = RunContext(run_dir=run_dir, logger=logger, device=device, resumed=resume is not None)
+        agent = entry.obj(cfg, ctx)
+        final = agent.train()
+        wall = logger.wall_time
+    summary: dict[str, Any] = {
+        "agent": agent_name,
+        "env": run.env,
+        "dataset": run.dataset,
+        "seed": run.seed,
+        "total_steps": run.total_steps,
+        "final": final,
+        "wall_time_s": round(wall, 2),
+        "wall_time_this_session_s": round(time.perf_counter() - start, 2),
+        **provenance(),
+    }
+    summary.update(normalized(final, run))
+    run_dir.write_summary(summary)
+    return run_dir
+
+
+def normalized(final: dict[str, float], run: RunConfig) -> dict[str, Any]:
+    """``normalized_score`` of the final return when reference scores are known."""
+    if "eval/return" not in final:
+        return {}
+    from mbrl.data.scores import normalized_score, ref_scores_for
+
+    refs = ref_scores_for(env_id=run.env, dataset=run.dataset)
+    if refs is None:
+        return {}
+    return {
+        "normalized_score": normalized_score(final["eval/return"], *refs),
+        "ref_scores": list(refs),
+    }
+
+
+def _as_dict(cfg: TrainConfig[Any]) -> dict[str, Any]:
+    from mbrl.config import to_dict
+
+    return to_dict(cfg)
