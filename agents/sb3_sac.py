@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mbrl.envs import get_env_spec
 from stable_baselines3 import SAC
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 
 from mbrl.config import check_positive
+from mbrl.envs import get_env_spec
 from mbrl.evaluation import evaluate_policy
 from mbrl.registry import AGENTS
 from mbrl.rundir import RunDir

@@ -225,7 +225,7 @@ def _data_info(argv: list[str]) -> int:
         Args:
             source: dataset id or file path.
         """
-        from mbrl.data.d4rl import print_info
+        from mbrl.data.datasets import print_info
 
         print_info(source, console=console)
 
@@ -248,7 +248,7 @@ def _data_convert(argv: list[str]) -> int:
             dst: destination file (.hdf5 or .npz).
             overwrite: replace an existing destination file.
         """
-        from mbrl.data.d4rl import convert as do_convert
+        from mbrl.data.datasets import convert as do_convert
 
         do_convert(src, dst, overwrite=overwrite)
         console.print(f"wrote {dst}")
@@ -342,6 +342,48 @@ def _print_config(cls: type, prefix: str = "agent.") -> None:
     console.print(table)
 
 
+# -- model -------------------------------------------------------------------------
+def cmd_model(argv: list[str]) -> int:
+    commands = {
+        "list": Command(_model_list, "List registered dynamics models and their configs."),
+        "eval": Command(
+            _model_eval, "Fit dynamics models and compare k-step open-loop prediction error."
+        ),
+    }
+    return dispatch("mbrl model", commands, argv, intro="Learned dynamics models.")
+
+
+def _model_list(argv: list[str]) -> int:
+    def models() -> None:
+        """List registered dynamics models."""
+        from mbrl.registry import MODELS
+
+        table = Table("model", "config", "description")
+        for entry in MODELS.entries():
+            table.add_row(
+                entry.name, entry.config.__name__ if entry.config else "", entry.description
+            )
+        console.print(table)
+
+    tyro.cli(models, args=argv, prog="mbrl model list")
+    return 0
+
+
+def _model_eval(argv: list[str]) -> int:
+    from mbrl.model_eval import ModelEvalRun, model_eval
+
+    cfg = tyro.cli(
+        ModelEvalRun,
+        args=argv,
+        prog="mbrl model eval",
+        description="Fit dynamics models on --run.dataset (or on random-policy data "
+        "collected from --run.env) and report k-step open-loop prediction error on "
+        "held-out trajectories, as a table, a plot and a run directory.",
+    )
+    model_eval(cfg, console=console)
+    return 0
+
+
 # -- entry point -------------------------------------------------------------------
 COMMANDS: dict[str, Command] = {
     "train": Command(cmd_train, "Train an agent online (--run.env) or offline (--run.dataset)."),
@@ -349,6 +391,7 @@ COMMANDS: dict[str, Command] = {
     "data": Command(cmd_data, "Datasets: info, convert, download."),
     "envs": Command(cmd_envs, "List environments with dims and termination/reward functions."),
     "agents": Command(cmd_agents, "List agents and their configs."),
+    "model": Command(cmd_model, "Dynamics models: list, eval (k-step prediction error)."),
 }
 
 

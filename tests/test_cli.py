@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -65,7 +66,9 @@ def test_unknown_agent_suggests(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 2 and "Did you mean 'sb3-sac'?" in err
 
 
-def test_unknown_env_fails_before_writing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_env_fails_before_writing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = tmp_path / "runs"
     code, _, err = run_cli(
         ["train", "sb3-sac", "--run.env", "Pendulm-v1", "--run.run-root", str(root)], capsys
@@ -172,3 +175,39 @@ def test_train_writes_run_directory_and_eval_and_resume(
     resumed = json.loads((run_dir / "summary.json").read_text())
     assert resumed["final"]["eval/return"] == pytest.approx(summary["final"]["eval/return"])
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["run"]["seed"] == 3
+
+
+def test_data_info_prints_correct_counts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import h5py
+    import numpy as np
+    from d4rl_files import write_d4rl_file
+
+    path = write_d4rl_file(
+        tmp_path / "hopper_test.hdf5",
+        n_episodes=4, ep_len=[25, 25, 30, 20], obs_dim=11, act_dim=3,
+        terminal_every=2, partial_tail=7, metadata={"env_id": "Hopper-v4"},
+    )  # fmt: skip
+    with h5py.File(path, "r") as f:
+        rewards = f["rewards"][:]
+    bounds = np.cumsum([0, 25, 25, 30, 20])
+    returns = [rewards[a:b].sum() for a, b in itertools.pairwise(bounds)]
+    code, out, err = run_cli(["data", "info", str(path)], capsys)
+    assert code == 0, err
+    flat = " ".join(out.split())
+    assert "transitions │ 107" in flat
+    assert "obs / act dims │ 11 / 3" in flat
+    assert "5 (2 terminal, 2 timeout, 1 trailing partial)" in flat
+    assert "min 20 mean 25.0 max 30" in flat
+    assert f"mean {np.mean(returns):.1f}" in flat
+    assert "Hopper-v4" in flat and "-20.272 / 3,234.300" in flat
+
+
+def test_data_info_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["data", "info", "d4rl:hoper-medium-v2"], capsys)
+    assert code == 2 and "Did you mean 'd4rl:hopper-medium-v2'?" in err
+    bad = tmp_path / "broken.hdf5"
+    bad.write_bytes(b"not an hdf5 file at all")
+    code, _, err = run_cli(["data", "info", str(bad)], capsys)
+    assert code == 2 and "broken.hdf5" in err and "Traceback" not in err

@@ -1,0 +1,234 @@
+"""``mbrl model eval``: fit dynamics models on one dataset and compare their k-step
+open-loop prediction error on held-out trajectories.
+
+Data come from ``--dataset`` (any D4RL-format source) or are collected from ``--env``
+with a uniform-random policy. Whole trajectories are held out (never single rows), so
+the open-loop windows are unseen. Two reference rows put the numbers in context:
+``copy-obs`` predicts no change (next_obs = obs) and ``linear`` is a least-squares
+linear model of Δobs fitted on the same training split.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from torch import Tensor
+
+from mbrl.config import RunConfig, check_in_range, check_positive
+from mbrl.data.d4rl import D4RLDataset, Episode, save_d4rl, trajectories
+from mbrl.errors import MbrlError
+from mbrl.models.ensemble import EnsembleConfig, ProbabilisticEnsemble
+from mbrl.models.evaluation import (
+    StepFn,
+    ensemble_mean_step_fn,
+    format_table,
+    open_loop_errors_detailed,
+    plot_open_loop,
+)
+from mbrl.models.trainer import ModelTrainer, TrainerConfig
+from mbrl.rundir import MetricsLogger, RunDir, provenance
+from mbrl.train import resolve_device, seed_everything
+
+MODEL_KINDS = ("ensemble",)
+
+
+@dataclass
+class ModelEvalConfig:
+    """Which models to fit, on what data, and how to score them.
+
+    Attributes:
+        models: dynamics models to fit and compare (registered model names).
+        collect_steps: random-policy transitions to collect from run.env when no
+            run.dataset is given.
+        heldout_fraction: fraction of trajectories held out for open-loop scoring.
+        horizons: open-loop horizons (model steps).
+        max_starts: at most this many held-out windows per horizon.
+        ensemble: the probabilistic ensemble's hyperparameters.
+        trainer: the model trainer's hyperparameters.
+    """
+
+    models: tuple[str, ...] = ("ensemble",)
+    collect_steps: int = 20_000
+    heldout_fraction: float = 0.2
+    horizons: tuple[int, ...] = (1, 5, 10, 25)
+    max_starts: int = 2000
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def __post_init__(self) -> None:
+        check_positive(self, "collect_steps", "max_starts")
+        check_in_range(self, "heldout_fraction", 0.01, 0.9)
+        if not self.horizons or min(self.horizons) < 1:
+            raise MbrlError(f"horizons={self.horizons} must be positive integers.")
+        for name in self.models:
+            if name not in MODEL_KINDS:
+                from mbrl.errors import unknown_name
+
+                raise unknown_name("model", name, MODEL_KINDS)
+
+
+@dataclass
+class ModelEvalRun:
+    """``mbrl model eval``'s full config: what to fit plus the run settings."""
+
+    eval: ModelEvalConfig = field(default_factory=ModelEvalConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(eval_every=0, checkpoint_every=0))
+
+
+def split_trajectories(
+    episodes: list[Episode], heldout_fraction: float, seed: int
+) -> tuple[list[Episode], list[Episode]]:
+    """Random split of whole episodes into (train, held-out); both non-empty."""
+    if len(episodes) < 2:
+        raise MbrlError(
+            f"need at least 2 trajectories to hold some out, got {len(episodes)}; "
+            "collect more steps or use a dataset with more episodes."
+        )
+    order = np.random.default_rng(seed).permutation(len(episodes))
+    n_held = min(max(1, round(heldout_fraction * len(episodes))), len(episodes) - 1)
+    held = sorted(order[:n_held].tolist())
+    train = sorted(order[n_held:].tolist())
+    return [episodes[i] for i in train], [episodes[i] for i in held]
+
+
+def stack(episodes: list[Episode]) -> dict[str, np.ndarray]:
+    keys = ("obs", "act", "rew", "next_obs", "terminated")
+    return {k: np.concatenate([getattr(e, k) for e in episodes]) for k in keys}
+
+
+def linear_step_fn(train: dict[str, np.ndarray]) -> StepFn:
+    """Least-squares linear model of (Δobs, rew) from [obs, act, 1]."""
+    x = np.concatenate([train["obs"], train["act"], np.ones((len(train["obs"]), 1))], axis=1)
+    y = np.concatenate([train["next_obs"] - train["obs"], train["rew"][:, None]], axis=1)
+    w = torch.as_tensor(np.linalg.lstsq(x, y, rcond=None)[0], dtype=torch.float32)
+    obs_dim = train["obs"].shape[1]
+
+    def step(obs: Tensor, act: Tensor) -> tuple[Tensor, Tensor]:
+        ones = torch.ones(obs.shape[0], 1, dtype=obs.dtype, device=obs.device)
+        out = torch.cat([obs, act, ones], dim=1) @ w.to(obs.device, obs.dtype)
+        return obs + out[:, :obs_dim], out[:, obs_dim]
+
+    return step
+
+
+def copy_obs_step_fn(obs: Tensor, act: Tensor) -> tuple[Tensor, Tensor]:
+    return obs, torch.zeros(obs.shape[0], dtype=obs.dtype, device=obs.device)
+
+
+def load_data(cfg: ModelEvalRun) -> tuple[D4RLDataset, str]:
+    run = cfg.run
+    if run.dataset is not None:
+        from mbrl.data.datasets import load_dataset
+
+        return load_dataset(run.dataset), run.dataset
+    from mbrl.data.collect import collect_random
+    from mbrl.envs import get_env_spec
+
+    spec = get_env_spec(run.env)
+    return collect_random(spec, cfg.eval.collect_steps, run.seed, progress=run.progress), run.env
+
+
+def model_eval(cfg: ModelEvalRun, console: Console | None = None) -> RunDir:
+    """Fit every model in ``cfg.eval.models`` and write the comparison to a run dir."""
+    console = console or Console()
+    run, ev = cfg.run, cfg.eval
+    torch.set_num_threads(run.torch_threads)
+    device = resolve_device(run.device)
+    if run.dataset is None:
+        from mbrl.envs import get_env_spec
+
+        get_env_spec(run.env)  # unknown env: fail before writing anything
+    seed_everything(run.seed)
+    ds, source = load_data(cfg)
+    run_dir = RunDir.create(run.run_root, source, "model-eval", run.seed, run.run_name)
+    from mbrl.config import to_dict
+
+    run_dir.save_config({"command": "model eval", **to_dict(cfg)})
+    if run.dataset is None:
+        save_d4rl(ds, run_dir.path / "data.hdf5")
+
+    train_eps, held_eps = split_trajectories(trajectories(ds), ev.heldout_fraction, run.seed)
+    train = stack(train_eps)
+    obs_var = train["obs"].var(axis=0)
+    console.print(
+        f"{source}: {len(ds)} transitions, {len(train_eps)} training / {len(held_eps)} "
+        f"held-out trajectories"
+    )
+    results: dict[str, Any] = {}
+    start = time.perf_counter()
+    with MetricsLogger(run_dir, tensorboard=run.tensorboard) as logger:
+        step_fns: dict[str, StepFn] = {
+            "copy-obs": copy_obs_step_fn,
+            "linear": linear_step_fn(train),
+        }
+        fit_info: dict[str, Any] = {}
+        for name in ev.models:
+            model = ProbabilisticEnsemble(ds.obs_dim, ds.act_dim, ev.ensemble).to(device)
+            trainer = ModelTrainer(model, ev.trainer, device)
+            t0 = time.perf_counter()
+            fit = trainer.fit(
+                train["obs"], train["act"], train["rew"], train["next_obs"], train["terminated"],
+                log_fn=logger.log, progress=run.progress,
+            )  # fmt: skip
+            model.eval()
+            fit_info[name] = {
+                "epochs": fit.epochs,
+                "stop_reason": fit.stop_reason,
+                "fit_seconds": round(time.perf_counter() - t0, 2),
+                "holdout_mse_per_member": fit.holdout_mse_per_member,
+                "elite_idx": fit.elite_idx,
+            }
+            torch.save(model.state_dict(), run_dir.path / f"{name}.pt")
+            step_fns[name] = ensemble_mean_step_fn(model)
+        for name, step_fn in step_fns.items():
+            errs = open_loop_errors_detailed(
+                step_fn, held_eps, ev.horizons, ev.max_starts, seed=run.seed, obs_var=obs_var,
+                device=device,
+            )  # fmt: skip
+            results[name] = {"mse": errs.mse, "nmse": errs.nmse, "windows": errs.num_windows}
+            logger.log(0, {f"open_loop/{name}/nmse_h{h}": v for h, v in errs.nmse.items()})
+        wall = logger.wall_time
+
+    nmse = {name: r["nmse"] for name, r in results.items()}
+    mse = {name: r["mse"] for name, r in results.items()}
+    prov = provenance()
+    table = format_table(nmse, title="model (normalized MSE)")
+    text = (
+        f"# Open-loop prediction error on {source}\n\n"
+        f"{len(held_eps)} held-out trajectories; error of the predicted observation after h "
+        "model steps fed the true actions, divided per dimension by the data variance "
+        "(1.0 = as bad as predicting the mean).\n\n"
+        f"{table}\nRaw MSE:\n\n{format_table(mse, title='model (MSE)')}\n"
+        f"Command: `{prov['command']}`  \nCommit: {prov['commit']}  \nDate: {prov['date']}  \n"
+        f"Machine: {prov['machine']}\n"
+    )
+    (run_dir.path / "results.md").write_text(text)
+    plot_open_loop(nmse, run_dir.path / "open_loop.png", ylabel="normalized MSE", title=source)
+    run_dir.write_summary(
+        {
+            "command": "model eval",
+            "source": source,
+            "seed": run.seed,
+            "transitions": len(ds),
+            "fit": fit_info,
+            "open_loop": results,
+            "wall_time_s": round(wall, 2),
+            "wall_time_this_session_s": round(time.perf_counter() - start, 2),
+            **prov,
+        }
+    )
+    console.print(table)
+    for name, info in fit_info.items():
+        console.print(
+            f"{name}: {info['epochs']} epochs ({info['stop_reason']}), {info['fit_seconds']} s"
+        )
+    console.print(f"results: {run_dir.path / 'results.md'}")
+    return run_dir
+
+
+__all__ = ["ModelEvalConfig", "ModelEvalRun", "model_eval", "split_trajectories"]
