@@ -285,13 +285,19 @@ def cmd_envs(argv: list[str]) -> int:
         """
         from mbrl.registry import ENVS
 
-        table = Table("env", "obs", "act", "termination fn", "reward fn", "D4RL ref min/max")
+        table = Table()
+        table.add_column("env", no_wrap=True)
+        table.add_column("obs", justify="right")
+        table.add_column("act", justify="right")
+        table.add_column("term fn")
+        table.add_column("rew fn")
+        table.add_column("D4RL ref min / max", no_wrap=True)
         for entry in ENVS.entries():
             spec = entry.obj
             o, a = spec.dims() if dims else (spec.obs_dim, spec.act_dim)
-            term = "never terminates" if spec.never_terminates else _yes(spec.termination_fn)
+            term = "never" if spec.never_terminates else _yes(spec.termination_fn)
             refs = (
-                f"{spec.ref_min_score:g} / {spec.ref_max_score:g}"
+                f"{spec.ref_min_score:.1f} / {spec.ref_max_score:.1f}"
                 if spec.ref_min_score is not None and spec.ref_max_score is not None
                 else ""
             )
