@@ -6,4 +6,11 @@ Sub-packages: ``mbrl.data`` (replay buffer, D4RL loader, scores), ``mbrl.models`
 termination/reward functions).
 """
 
+import os
+
+# With OpenMP's default spin-waiting, 2 torch threads slow down ~30x whenever another
+# process shares a 2-core machine (measured: results/model_train.md); passive waiting
+# degrades gracefully. Only a default: the user's environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"
