@@ -376,15 +376,24 @@ def _model_list(argv: list[str]) -> int:
 
 
 def _model_eval(argv: list[str]) -> int:
-    from mbrl.model_eval import ModelEvalRun, model_eval
+    from mbrl.model_eval import ModelEvalRun, load_model_eval_config, model_eval
+    from mbrl.rundir import RunDir
 
+    resume, argv = _pop_option(argv, "--resume")
+    if resume is not None:
+        if argv:
+            raise MbrlError(f"--resume uses the run's saved config; drop {' '.join(argv)}.")
+        run_dir = RunDir.open(resume)
+        model_eval(load_model_eval_config(run_dir), console=console, resume=run_dir)
+        return 0
     cfg = tyro.cli(
         ModelEvalRun,
         args=argv,
         prog="mbrl model eval",
         description="Fit dynamics models on --run.dataset (or on random-policy data "
         "collected from --run.env) and report k-step open-loop prediction error on "
-        "held-out trajectories, as a table, a plot and a run directory.",
+        "held-out trajectories, as a table, a plot and a run directory. "
+        "'mbrl model eval --resume RUN_DIR' continues an interrupted run.",
     )
     model_eval(cfg, console=console)
     return 0

@@ -10,8 +10,10 @@ linear model of Δobs fitted on the same training split.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,8 +21,9 @@ import torch
 from rich.console import Console
 from torch import Tensor
 
-from mbrl.config import RunConfig, check_in_range, check_positive
-from mbrl.data.d4rl import D4RLDataset, Episode, save_d4rl, trajectories
+from mbrl.checkpoint import load_checkpoint, save_checkpoint
+from mbrl.config import RunConfig, check_in_range, check_positive, from_dict, load_yaml, to_dict
+from mbrl.data.d4rl import D4RLDataset, Episode, load_d4rl, save_d4rl, trajectories
 from mbrl.errors import MbrlError
 from mbrl.models.ensemble import EnsembleConfig, ProbabilisticEnsemble
 from mbrl.models.evaluation import (
@@ -133,8 +136,30 @@ def load_data(cfg: ModelEvalRun) -> tuple[D4RLDataset, str]:
     return collect_random(spec, cfg.eval.collect_steps, run.seed, progress=run.progress), run.env
 
 
-def model_eval(cfg: ModelEvalRun, console: Console | None = None) -> RunDir:
-    """Fit every model in ``cfg.eval.models`` and write the comparison to a run dir."""
+def _save_fit_state(path: Path, state: dict[str, Any]) -> None:
+    save_checkpoint(path, state)
+
+
+def load_model_eval_config(run_dir: RunDir) -> ModelEvalRun:
+    data = load_yaml(run_dir.config_path)
+    if data.get("command") != "model eval":
+        raise MbrlError(f"{run_dir.config_path} was not written by 'mbrl model eval'.")
+    source = str(run_dir.config_path)
+    return ModelEvalRun(
+        eval=from_dict(ModelEvalConfig, data.get("eval", {}), source=f"{source} (eval)"),
+        run=from_dict(RunConfig, data.get("run", {}), source=f"{source} (run)"),
+    )
+
+
+def model_eval(
+    cfg: ModelEvalRun, console: Console | None = None, resume: RunDir | None = None
+) -> RunDir:
+    """Fit every model in ``cfg.eval.models`` and write the comparison to a run dir.
+
+    Each fit is checkpointed after every epoch (``checkpoints/fit_<model>.pt``, written
+    atomically); with ``resume`` an interrupted run continues where it stopped, on the
+    same data (the collected data are kept in the run dir as ``data.hdf5``).
+    """
     console = console or Console()
     run, ev = cfg.run, cfg.eval
     torch.set_num_threads(run.torch_threads)
@@ -144,13 +169,18 @@ def model_eval(cfg: ModelEvalRun, console: Console | None = None) -> RunDir:
 
         get_env_spec(run.env)  # unknown env: fail before writing anything
     seed_everything(run.seed)
-    ds, source = load_data(cfg)
-    run_dir = RunDir.create(run.run_root, source, "model-eval", run.seed, run.run_name)
-    from mbrl.config import to_dict
-
-    run_dir.save_config({"command": "model eval", **to_dict(cfg)})
-    if run.dataset is None:
-        save_d4rl(ds, run_dir.path / "data.hdf5")
+    if resume is not None:
+        run_dir = resume
+        if run.dataset is None:
+            ds, source = load_d4rl(run_dir.path / "data.hdf5"), run.env
+        else:
+            ds, source = load_data(cfg)
+    else:
+        ds, source = load_data(cfg)
+        run_dir = RunDir.create(run.run_root, source, "model-eval", run.seed, run.run_name)
+        run_dir.save_config({"command": "model eval", **to_dict(cfg)})
+        if run.dataset is None:
+            save_d4rl(ds, run_dir.path / "data.hdf5")
 
     train_eps, held_eps = split_trajectories(trajectories(ds), ev.heldout_fraction, run.seed)
     train = stack(train_eps)
@@ -170,10 +200,15 @@ def model_eval(cfg: ModelEvalRun, console: Console | None = None) -> RunDir:
         for name in ev.models:
             model = ProbabilisticEnsemble(ds.obs_dim, ds.act_dim, ev.ensemble).to(device)
             trainer = ModelTrainer(model, ev.trainer, device)
+            ckpt = run_dir.checkpoint_dir / f"fit_{name}.pt"
+            state = load_checkpoint(ckpt) if resume is not None and ckpt.is_file() else None
+            if state is not None:
+                console.print(f"{name}: resuming the fit after epoch {state.get('epoch')}")
             t0 = time.perf_counter()
             fit = trainer.fit(
                 train["obs"], train["act"], train["rew"], train["next_obs"], train["terminated"],
-                log_fn=logger.log, progress=run.progress,
+                log_fn=logger.log, progress=run.progress, resume_state=state,
+                checkpoint_fn=functools.partial(_save_fit_state, ckpt),
             )  # fmt: skip
             model.eval()
             fit_info[name] = {

@@ -58,3 +58,46 @@ def test_model_eval_on_point_mass(tmp_path: Path, capsys: pytest.CaptureFixture[
     ds = load_d4rl(run_dir / "data.hdf5")
     assert len(ds) == 1500 and ds.timeouts.sum() == 1500 // 30
     assert np.isfinite(ds.observations).all()
+
+
+def test_interrupted_model_eval_resumes_to_the_same_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    from mbrl.rundir import MetricsLogger
+
+    def args(root: Path) -> list[str]:
+        return [
+            "model", "eval", "--run.env", "PointMass1D-v0", "--eval.collect-steps", "900",
+            "--eval.horizons", "1", "5", "--eval.ensemble.num-members", "2",
+            "--eval.ensemble.num-elites", "1", "--eval.ensemble.hidden-size", "16",
+            "--eval.trainer.max-epochs", "6", "--eval.trainer.patience", "100",
+            "--run.run-root", str(root), "--run.no-progress", "--run.no-tensorboard",
+        ]  # fmt: skip
+
+    assert main(args(tmp_path / "a")) == 0
+    (full,) = list((tmp_path / "a" / "PointMass1D-v0" / "model-eval").iterdir())
+
+    original_log = MetricsLogger.log
+
+    def interrupting_log(self: MetricsLogger, step: int, metrics: dict[str, float]) -> None:
+        original_log(self, step, metrics)
+        if metrics.get("model/epoch") == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(MetricsLogger, "log", interrupting_log)
+    assert main(args(tmp_path / "b")) == 130  # Ctrl-C: interrupted, checkpoint kept
+    monkeypatch.setattr(MetricsLogger, "log", original_log)
+    (part,) = list((tmp_path / "b" / "PointMass1D-v0" / "model-eval").iterdir())
+    assert (part / "checkpoints" / "fit_ensemble.pt").is_file()
+    assert not (part / "summary.json").exists()
+
+    assert main(["model", "eval", "--resume", str(part)]) == 0
+    assert "resuming the fit after epoch" in capsys.readouterr().out
+    a = torch.load(full / "ensemble.pt")
+    b = torch.load(part / "ensemble.pt")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    assert (part / "summary.json").is_file()
