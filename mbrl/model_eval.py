@@ -10,7 +10,6 @@ linear model of Δobs fitted on the same training split.
 
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,8 +135,19 @@ def load_data(cfg: ModelEvalRun) -> tuple[D4RLDataset, str]:
     return collect_random(spec, cfg.eval.collect_steps, run.seed, progress=run.progress), run.env
 
 
-def _save_fit_state(path: Path, state: dict[str, Any]) -> None:
-    save_checkpoint(path, state)
+class ThrottledCheckpoint:
+    """Save the trainer's state at most every ``interval`` seconds (each save is a few MB
+    to tens of MB, and an epoch can take under a second); Ctrl-C saves separately."""
+
+    def __init__(self, path: Path, interval: float = 30.0) -> None:
+        self.path, self.interval = path, interval
+        self.last = time.perf_counter()
+
+    def __call__(self, state: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        if now - self.last >= self.interval:
+            save_checkpoint(self.path, state)
+            self.last = now
 
 
 def load_model_eval_config(run_dir: RunDir) -> ModelEvalRun:
@@ -205,11 +215,16 @@ def model_eval(
             if state is not None:
                 console.print(f"{name}: resuming the fit after epoch {state.get('epoch')}")
             t0 = time.perf_counter()
-            fit = trainer.fit(
-                train["obs"], train["act"], train["rew"], train["next_obs"], train["terminated"],
-                log_fn=logger.log, progress=run.progress, resume_state=state,
-                checkpoint_fn=functools.partial(_save_fit_state, ckpt),
-            )  # fmt: skip
+            try:
+                fit = trainer.fit(
+                    train["obs"], train["act"], train["rew"], train["next_obs"],
+                    train["terminated"], log_fn=logger.log, progress=run.progress,
+                    resume_state=state, checkpoint_fn=ThrottledCheckpoint(ckpt),
+                )  # fmt: skip
+            except KeyboardInterrupt:
+                save_checkpoint(ckpt, trainer.state_dict())  # the last finished epoch
+                console.print(f"interrupted; 'mbrl model eval --resume {run_dir.path}' continues")
+                raise
             model.eval()
             fit_info[name] = {
                 "epochs": fit.epochs,
