@@ -201,7 +201,7 @@ def git_commit() -> str | None:
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(src), "status", "--porcelain"],
             capture_output=True,
             text=True,
             timeout=5,
