@@ -1,0 +1,191 @@
+"""The online loop: exact kill-and-resume, seeded resets, warm-up actions, `mbrl eval`."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mbrl.agents.sac import SACAgent
+from mbrl.checkpoint import find_latest, list_checkpoints, load_checkpoint
+from mbrl.cli import main
+from mbrl.data.buffer import ReplayBuffer
+from mbrl.envs import get_env_spec
+from mbrl.online import ACTION_SEED_OFFSET, UniformActions
+from mbrl.rundir import read_metrics
+
+torch.set_num_threads(1)
+
+SEED = 5
+
+
+def sac_args(root: Path) -> list[str]:
+    """600 steps of small SAC on PointMass1D-v0 (30-step episodes), checkpoints every 200."""
+    return [
+        "train", "sac", "--run.env", "PointMass1D-v0", "--run.total-steps", "600",
+        "--run.seed", str(SEED), "--run.eval-every", "200", "--run.eval-episodes", "2",
+        "--run.checkpoint-every", "200", "--run.keep-checkpoints", "5",
+        "--run.run-root", str(root), "--run.no-progress", "--run.no-tensorboard",
+        "--agent.learning-starts", "100", "--agent.hidden-sizes", "32", "32",
+        "--agent.batch-size", "32", "--agent.log-every", "100",
+    ]  # fmt: skip
+
+
+def last_values(rows: list[dict[str, float]]) -> dict[str, float]:
+    """The last logged value of every key except wall-clock ones."""
+    out = {}
+    for r in rows:
+        if not str(r["key"]).startswith("time/"):
+            out[str(r["key"])] = r["value"]
+    return out
+
+
+def only_run(root: Path) -> Path:
+    (run_dir,) = (root / "PointMass1D-v0" / "sac").iterdir()
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("full")
+    assert main(sac_args(root)) == 0
+    return only_run(root)
+
+
+def test_killed_and_resumed_run_ends_with_identical_metrics(
+    uninterrupted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Kill at step 350: mid-episode (350 % 30 = 20) and 150 steps after the checkpoint at
+    # 200, which itself is mid-episode, so resuming must replay 20 actions of the episode.
+    on_step = SACAgent.on_step
+
+    def killed(self: SACAgent, step: int, buffer: ReplayBuffer) -> dict[str, float]:
+        if step == 350:
+            raise KeyboardInterrupt
+        return on_step(self, step, buffer)
+
+    monkeypatch.setattr(SACAgent, "on_step", killed)
+    root = tmp_path / "runs"
+    assert main(sac_args(root)) == 130  # the CLI's exit code for an interrupt
+    run_dir = only_run(root)
+    assert not (run_dir / "summary.json").exists()
+    assert [p.name for p in list_checkpoints(run_dir)] == ["step_000200.pt"]
+    monkeypatch.setattr(SACAgent, "on_step", on_step)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["train", "--resume", str(run_dir)]) == 0
+    assert not [w for w in caught if "bit-identical" in str(w.message)]
+
+    want = json.loads((uninterrupted / "summary.json").read_text())["final"]
+    got = json.loads((run_dir / "summary.json").read_text())["final"]
+    assert got == want  # exact, not approximate
+    rows_full = read_metrics(uninterrupted / "metrics.csv")
+    rows_resumed = read_metrics(run_dir / "metrics.csv")
+    final_full, final_resumed = last_values(rows_full), last_values(rows_resumed)
+    assert {"train/critic_loss", "train/actor_loss", "train/alpha", "eval/return"} <= set(
+        final_full
+    )
+    assert final_resumed == final_full
+    # Every evaluation after the resume point matches too.
+    evals = {r["step"]: r["value"] for r in rows_full if r["key"] == "eval/return"}
+    evals_resumed = {r["step"]: r["value"] for r in rows_resumed if r["key"] == "eval/return"}
+    assert evals_resumed == evals and sorted(evals) == [200, 400, 600]
+    # And the networks themselves.
+    a = load_checkpoint(find_latest(uninterrupted))  # type: ignore[arg-type]
+    b = load_checkpoint(find_latest(run_dir))  # type: ignore[arg-type]
+    for key, value in a["agent"]["actor"].items():
+        assert torch.equal(value, b["agent"]["actor"][key]), key
+    assert a["step"] == b["step"] == 600
+
+
+def test_run_directory_buffer_resets_and_warmup_actions(uninterrupted: Path) -> None:
+    rows = read_metrics(uninterrupted / "metrics.csv")
+    keys = {r["key"] for r in rows}
+    expected = {
+        "eval/return",
+        "eval/return_std",
+        "rollout/episode_return",
+        "rollout/episode_length",
+        "time/sps",
+        "train/critic_loss",
+        "train/actor_loss",
+        "train/alpha",
+        "train/q_mean",
+        "train/entropy",
+    }
+    assert expected <= keys
+    episode_returns = [r for r in rows if r["key"] == "rollout/episode_return"]
+    assert [r["step"] for r in episode_returns] == list(range(30, 601, 30))
+    # The first training metrics appear once learning has started (step 100).
+    assert min(r["step"] for r in rows if r["key"] == "train/critic_loss") == 100
+
+    state = load_checkpoint(find_latest(uninterrupted))  # type: ignore[arg-type]
+    assert state["step"] == 600 and state["episode"] == 20 and state["episode_length"] == 0
+    spec = get_env_spec("PointMass1D-v0")
+    buffer = ReplayBuffer(600, 2, 1)
+    buffer.load_state_dict(state["buffer"])
+    data = buffer.transitions()
+    assert len(buffer) == 600 and bool(data.truncated[29::30].all())
+    assert not bool(data.terminated.any()) and int(data.truncated.sum()) == 20
+
+    # Episode k starts from env.reset(seed=run.seed + k).
+    env = spec.make()
+    for k in (0, 1, 7, 19):
+        obs, _ = env.reset(seed=SEED + k)
+        np.testing.assert_array_equal(data.obs[30 * k].numpy(), obs)
+        # Episode returns logged equal the buffer's rewards (float32 in the buffer).
+        assert episode_returns[k]["value"] == pytest.approx(
+            float(data.rew[30 * k : 30 * (k + 1)].double().sum()), rel=1e-5
+        )
+    env.close()
+
+    # The first learning_starts actions are the seeded uniform draws; later ones are not.
+    space = spec.make().action_space
+    draws = UniformActions(space.low, space.high, seed=SEED + ACTION_SEED_OFFSET)
+    warmup = np.stack([draws.sample() for _ in range(100)])
+    np.testing.assert_array_equal(data.act[:100].numpy(), warmup)
+    assert not np.array_equal(
+        data.act[100:110].numpy(), np.stack([draws.sample() for _ in range(10)])
+    )
+
+
+def test_mbrl_eval_reproduces_the_final_evaluation(
+    uninterrupted: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    final = json.loads((uninterrupted / "summary.json").read_text())["final"]
+    capsys.readouterr()
+    assert main(["eval", str(uninterrupted), "--episodes", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"{final['eval/return']:.4g}" in out
+
+
+def test_resume_of_a_finished_run_trains_nothing(uninterrupted: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(uninterrupted, copy)
+    before = json.loads((copy / "summary.json").read_text())["final"]
+    n_rows = len(read_metrics(copy / "metrics.csv"))
+    assert main(["train", "--resume", str(copy)]) == 0
+    rows = read_metrics(copy / "metrics.csv")
+    assert json.loads((copy / "summary.json").read_text())["final"] == before
+    assert {r["key"] for r in rows[n_rows:]} <= {"eval/return", "eval/return_std", "eval/length"}
+
+
+def test_uniform_actions_state_round_trip() -> None:
+    low, high = np.array([-1.0, 0.0], np.float32), np.array([1.0, 5.0], np.float32)
+    a = UniformActions(low, high, seed=3, chunk=16)
+    for _ in range(10):
+        a.sample()
+    b = UniformActions(low, high, seed=99, chunk=16)
+    b.load_state_dict(a.state_dict())
+    want = np.stack([a.sample() for _ in range(40)])  # crosses chunk boundaries
+    got = np.stack([b.sample() for _ in range(40)])
+    np.testing.assert_array_equal(got, want)
+    assert want.dtype == np.float32 and (want >= low).all() and (want <= high).all()
+    assert want[:, 1].max() > 2.5  # the bounds are per dimension
