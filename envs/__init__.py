@@ -18,8 +18,13 @@ modules; a custom environment is one file::
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 import gymnasium as gym
@@ -102,10 +107,24 @@ def register_env(
     reward_fn: RewardFn | None = None,
     never_terminates: bool = False,
     max_episode_steps: int | None = None,
+    ref_min_score: float | None = None,
+    ref_max_score: float | None = None,
     description: str | None = None,
+    check: bool = True,
     **make_kwargs: Any,
 ) -> Callable[[type[E]], type[E]]:
-    """Class decorator: register a custom gymnasium env with gymnasium and with mbrl."""
+    """Class decorator: register a custom gymnasium env with gymnasium and with mbrl.
+
+    Args:
+        env_id: the id (``"MyTask-v0"``) for ``--run.env`` and ``gymnasium.make``.
+        termination_fn, reward_fn: batched torch functions of ``(obs, act, next_obs)``
+            so learned models can roll out in the env (see :class:`EnvSpec`).
+        never_terminates: the task has no termination condition.
+        max_episode_steps: time limit (``truncated`` after this many steps).
+        ref_min_score, ref_max_score: returns that map to normalized scores 0 and 100.
+        check: run gymnasium's env checker now and report a broken env clearly.
+        make_kwargs: default keyword arguments of the env's constructor.
+    """
 
     def decorator(cls: type[E]) -> type[E]:
         if env_id not in gym.registry:
@@ -115,20 +134,93 @@ def register_env(
                 max_episode_steps=max_episode_steps,
             )
         doc = description or ((cls.__doc__ or "").strip().splitlines() or [""])[0]
-        add_env_spec(
-            EnvSpec(
-                id=env_id,
-                termination_fn=termination_fn,
-                reward_fn=reward_fn,
-                never_terminates=never_terminates,
-                max_episode_steps=max_episode_steps,
-                make_kwargs=make_kwargs,
-            ),
-            description=doc,
+        spec = EnvSpec(
+            id=env_id,
+            termination_fn=termination_fn,
+            reward_fn=reward_fn,
+            never_terminates=never_terminates,
+            ref_min_score=ref_min_score,
+            ref_max_score=ref_max_score,
+            max_episode_steps=max_episode_steps,
+            make_kwargs=make_kwargs,
         )
+        if check:
+            check_env_class(cls, env_id, make_kwargs)
+        add_env_spec(spec, description=doc)
+        cls._mbrl_env_id = env_id  # type: ignore[attr-defined]  # for "module:Class" refs
         return cls
 
     return decorator
+
+
+def check_env_class(cls: type, env_id: str, make_kwargs: dict[str, Any]) -> None:
+    """Run gymnasium's env checker on a fresh instance; a failure names the env and why."""
+    import warnings
+
+    from gymnasium.utils.env_checker import check_env
+
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    try:
+        env = cls(**make_kwargs)
+    except Exception as exc:
+        raise MbrlError(f"env '{env_id}' ({where}) cannot be constructed: {exc}") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            check_env(env, skip_render_check=True)
+    except Exception as exc:
+        raise MbrlError(
+            f"env '{env_id}' ({where}) fails gymnasium's env checker: {exc} "
+            "Fix the env (see gymnasium.utils.env_checker.check_env), or pass check=False "
+            "to register_env to skip the check."
+        ) from None
+    finally:
+        close = getattr(env, "close", None)
+        if callable(close):
+            close()
+
+
+def import_env_module(target: str) -> ModuleType:
+    """Import ``package.module`` or ``path/to/file.py`` (its ``register_env`` calls run)."""
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise MbrlError(f"env module file '{path}' does not exist.")
+        name = f"mbrl_user_env_{path.stem}"
+        if name in sys.modules:
+            return sys.modules[name]
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise MbrlError(f"cannot import '{path}' as a Python module.")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+    try:
+        return importlib.import_module(target)
+    except ImportError as exc:
+        raise MbrlError(
+            f"cannot import env module '{target}' ({exc}). Use 'package.module' for an "
+            "importable module or 'path/to/file.py'."
+        ) from None
+
+
+def resolve_env_reference(ref: str) -> str:
+    """Turn ``"package.module:Class"`` or ``"path/to/file.py:Class"`` into the env id that
+    the class registered with :func:`register_env`, importing the module first."""
+    target, _, cls_name = ref.rpartition(":")
+    module = import_env_module(target)
+    cls = getattr(module, cls_name, None)
+    if cls is None:
+        names = [n for n in dir(module) if not n.startswith("_")]
+        raise unknown_name("class", cls_name, names, hint=f"(in {target})")
+    env_id = getattr(cls, "_mbrl_env_id", None)
+    if not isinstance(env_id, str):
+        raise MbrlError(
+            f"env '{ref}': class {cls_name} is not registered; decorate it with "
+            "@mbrl.envs.register_env('MyTask-v0', termination_fn=..., reward_fn=...)."
+        )
+    return env_id
 
 
 def get_env_spec(env_id: str) -> EnvSpec:
@@ -138,6 +230,8 @@ def get_env_spec(env_id: str) -> EnvSpec:
     can train on it but a learned model cannot roll out in it. Unknown ids get a
     close-match suggestion.
     """
+    if ":" in env_id:  # "module:Class" or "file.py:Class" of a custom env
+        env_id = resolve_env_reference(env_id)
     if env_id in ENVS:
         spec: EnvSpec = ENVS.get(env_id).obj
         return spec
@@ -151,4 +245,13 @@ def get_env_spec(env_id: str) -> EnvSpec:
     )
 
 
-__all__ = ["EnvSpec", "add_env_spec", "flat_dim", "get_env_spec", "register_env"]
+__all__ = [
+    "EnvSpec",
+    "add_env_spec",
+    "check_env_class",
+    "flat_dim",
+    "get_env_spec",
+    "import_env_module",
+    "register_env",
+    "resolve_env_reference",
+]

@@ -276,14 +276,19 @@ def _data_download(argv: list[str]) -> int:
 
 # -- listings ----------------------------------------------------------------------
 def cmd_envs(argv: list[str]) -> int:
-    def envs(dims: bool = True) -> None:
+    def envs(dims: bool = True, load: tuple[str, ...] = ()) -> None:
         """List registered environments, their dims, and whether termination/reward
         functions exist (a model can only roll out where they do).
 
         Args:
             dims: show observation/action sizes (builds envs that don't declare them).
+            load: modules or .py files with custom envs to import (and so register) first.
         """
+        from mbrl.envs import import_env_module
         from mbrl.registry import ENVS
+
+        for target in load:
+            import_env_module(target)
 
         table = Table()
         table.add_column("env", no_wrap=True)

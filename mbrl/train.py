@@ -133,7 +133,8 @@ def normalized(final: dict[str, float], run: RunConfig) -> dict[str, Any]:
         return {}
     from mbrl.data.scores import normalized_score, ref_scores_for
 
-    refs = ref_scores_for(env_id=run.env, dataset=run.dataset)
+    env_id = get_env_spec(run.env).id if run.dataset is None else run.env  # "module:Class" refs
+    refs = ref_scores_for(env_id=env_id, dataset=run.dataset)
     if refs is None:
         return {}
     return {
