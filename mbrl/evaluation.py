@@ -32,7 +32,15 @@ def evaluate_policy(
     """
     if video_path is not None:
         os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering
-    env = spec.make(render_mode="rgb_array") if video_path is not None else spec.make()
+    if video_path is None:
+        env = spec.make()
+    else:
+        try:
+            env = spec.make(render_mode="rgb_array")
+        except TypeError as exc:  # the env's constructor takes no render_mode
+            raise MbrlError(
+                f"env '{spec.id}' cannot render videos ({exc}); evaluate without --video."
+            ) from None
     returns, lengths = [], []
     frames: list[np.ndarray] = []
     try:

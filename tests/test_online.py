@@ -189,3 +189,31 @@ def test_uniform_actions_state_round_trip() -> None:
     np.testing.assert_array_equal(got, want)
     assert want.dtype == np.float32 and (want >= low).all() and (want <= high).all()
     assert want[:, 1].max() > 2.5  # the bounds are per dimension
+
+
+def test_mbrl_eval_writes_a_video(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`mbrl eval --video` renders headless (MUJOCO_GL=egl) and writes an MP4."""
+    pytest.importorskip("imageio_ffmpeg", reason="needs the 'video' extra")
+    import imageio.v2 as imageio
+
+    args = [
+        "train", "sac", "--run.env", "InvertedPendulum-v5", "--run.total-steps", "120",
+        "--agent.learning-starts", "100", "--agent.batch-size", "32", "--run.eval-every", "0",
+        "--run.eval-episodes", "1", "--run.run-root", str(tmp_path), "--run.no-progress",
+        "--run.no-tensorboard",
+    ]  # fmt: skip
+    assert main(args) == 0
+    (run_dir,) = list((tmp_path / "InvertedPendulum-v5" / "sac").iterdir())
+    length = json.loads((run_dir / "summary.json").read_text())["final"]["eval/length"]
+    assert main(["eval", str(run_dir), "--episodes", "1", "--video"]) == 0
+    (video,) = list((run_dir / "videos").glob("*.mp4"))
+    frames = imageio.mimread(video)
+    assert len(frames) == int(length)  # one frame per step of the evaluated episode
+    assert frames[0].ndim == 3 and frames[0].shape[2] == 3 and frames[0].std() > 0
+
+
+def test_video_of_an_env_without_rendering_is_explained(
+    uninterrupted: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["eval", str(uninterrupted), "--episodes", "1", "--video"]) == 2
+    assert "cannot render videos" in capsys.readouterr().err
