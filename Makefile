@@ -10,7 +10,7 @@ setup:
 	bash .ci/setup
 
 demo: setup
-	$(BIN)/mbrl model eval --run.env HalfCheetah-v5 --eval.collect-steps 20000
+	$(BIN)/mbrl train pets --preset demo
 
 lint: setup
 	$(BIN)/ruff check .

@@ -117,7 +117,7 @@ def cmd_train(argv: list[str]) -> int:
         name = training.saved_agent_name(run_dir)
         cfg = training.load_run_config(run_dir, _config_class(AGENTS.get(name)))
         out = training.train(name, cfg, resume=run_dir.path)
-        console.print(f"run resumed and finished: {out.path}")
+        _print_run_summary(out)
         return 0
     if not argv or argv[0].startswith("-"):
         train_usage()
@@ -147,8 +147,17 @@ def cmd_train(argv: list[str]) -> int:
         + " (--preset NAME or --config FILE.yaml).",
     )
     out = training.train(name, cfg)
-    console.print(f"run finished: {out.path}")
+    _print_run_summary(out)
     return 0
+
+
+def _print_run_summary(run_dir: Any) -> None:
+    from rich.markdown import Markdown
+
+    results = run_dir.path / "results.md"
+    if results.is_file():
+        console.print(Markdown(results.read_text()))
+    console.print(f"run finished: {run_dir.path}  (tensorboard --logdir {run_dir.path})")
 
 
 def _config_class(entry: Any) -> type:

@@ -124,7 +124,49 @@ def train(agent_name: str, cfg: TrainConfig[Any], resume: Path | None = None) ->
     }
     summary.update(normalized(final, run))
     run_dir.write_summary(summary)
+    write_results_table(run_dir, summary)
     return run_dir
+
+
+def write_results_table(run_dir: RunDir, summary: dict[str, Any]) -> str:
+    """``results.md`` in the run dir: evaluations over training and the final summary."""
+    from mbrl.rundir import read_metrics
+
+    rows = [r for r in read_metrics(run_dir.metrics_path) if r["key"].startswith("eval/")]
+    evals: dict[int, dict[str, float]] = {}
+    for r in rows:
+        evals.setdefault(r["step"], {})[r["key"]] = r["value"]
+    lines = [
+        f"# {summary['agent']} on {summary['dataset'] or summary['env']} (seed {summary['seed']})",
+        "",
+        "| step | eval/return | ± std | episode length |",
+        "|---:|---:|---:|---:|",
+    ]
+    for step in sorted(evals):
+        e = evals[step]
+        lines.append(
+            f"| {step} | {e.get('eval/return', float('nan')):.1f} | "
+            f"{e.get('eval/return_std', float('nan')):.1f} | "
+            f"{e.get('eval/length', float('nan')):.0f} |"
+        )
+    final = summary["final"]
+    lines += [
+        "",
+        f"Final evaluation (not the best): return {final.get('eval/return', float('nan')):.1f}",
+    ]
+    if "normalized_score" in summary:
+        lines[-1] += f", normalized score {summary['normalized_score']:.1f}"
+    lines[-1] += "  "
+    lines += [
+        f"Wall time: {summary['wall_time_s']:.0f} s  ",
+        f"Command: `{summary['command']}`  ",
+        f"Commit: {summary['commit']}  ",
+        f"Date: {summary['date']}  ",
+        f"Machine: {summary['machine']}",
+    ]
+    text = "\n".join(lines) + "\n"
+    (run_dir.path / "results.md").write_text(text)
+    return text
 
 
 def normalized(final: dict[str, float], run: RunConfig) -> dict[str, Any]:
