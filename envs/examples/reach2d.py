@@ -19,7 +19,7 @@ Use it without any other edit:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -55,7 +55,7 @@ def reach2d_reward(obs: Tensor, act: Tensor, next_obs: Tensor) -> Tensor:
 class Reach2D(gym.Env[np.ndarray, np.ndarray]):
     """2-D point robot: observation ``[x, y, vx, vy]``, action ``[ax, ay]`` in [-1, 1]."""
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+    metadata = {"render_modes": []}  # noqa: RUF012 (gymnasium declares it so)
 
     def __init__(self) -> None:
         high = np.array([10 * ARENA, 10 * ARENA, 10.0, 10.0], dtype=np.float32)
