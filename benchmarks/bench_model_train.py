@@ -27,8 +27,6 @@ import datetime as dt
 import json
 import math
 import os
-import platform
-import shlex
 import subprocess
 import sys
 import time
@@ -39,6 +37,7 @@ import torch
 
 from mbrl.models.ensemble import EnsembleConfig, ProbabilisticEnsemble
 from mbrl.models.trainer import ModelTrainer, TrainerConfig
+from mbrl.rundir import cpu_model, git_commit, script_command
 
 OBS_DIM, ACT_DIM = 17, 6  # HalfCheetah
 WAIT_POLICIES = ("default", "PASSIVE")
@@ -140,32 +139,6 @@ def run_worker(job: dict[str, Any], policy: str, busy: bool = False) -> dict[str
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU model"
-
-
-def command(argv: list[str] | None) -> str:
-    """The command line as typed from the repository root."""
-    args = sys.argv[1:] if argv is None else argv
-    return shlex.join([os.path.relpath(sys.executable), "benchmarks/bench_model_train.py", *args])
-
-
-def git_rev() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def markdown(report: dict[str, Any]) -> str:
     contended = {(c["threads"], c["omp_wait_policy"]): c for c in report["contended"]}
     rows = []
@@ -234,8 +207,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     n = args.num_transitions
     report: dict[str, Any] = {
-        "command": command(argv),
-        "git_rev": git_rev(),
+        "command": script_command(__file__, argv),
+        "git_rev": git_commit() or "unknown",
         "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "machine": f"{os.cpu_count()}-core CPU, no GPU ({cpu_model()})",
         "torch": torch.__version__,

@@ -48,6 +48,7 @@ from torch import Tensor
 from mbrl.envs import EnvSpec
 from mbrl.models.ensemble import EnsembleConfig, ProbabilisticEnsemble
 from mbrl.models.model_env import PROPAGATIONS, ModelEnv
+from mbrl.rundir import git_commit
 
 OBS_DIM, ACT_DIM, E = 17, 6, 7
 HALFCHEETAH_FRAME_SKIP = 5
@@ -262,22 +263,6 @@ MEASURED_FILES = [
 ]
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", *MEASURED_FILES],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        return out.stdout.strip() + (" + uncommitted changes to the measured code" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def fmt_k(x: float) -> str:
     return f"{x / 1e3:,.0f}k" if x < 1e7 else f"{x / 1e6:,.1f}M"
 
@@ -422,7 +407,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         machine = args.machine or f"{os.cpu_count()}-core CPU, no GPU"
     meta: dict[str, Any] = {
         "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]]),
-        "commit": git_commit(),
+        "commit": git_commit(MEASURED_FILES) or "unknown",
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine,
         "cpu": platform.processor() or platform.machine(),

@@ -32,11 +32,7 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
-import shlex
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +47,7 @@ from stable_baselines3.common.logger import configure
 
 from mbrl.agents.sac import SAC, SACConfig
 from mbrl.data.buffer import ReplayBuffer
+from mbrl.rundir import cpu_model, git_commit, script_command
 
 OBS_DIM, ACT_DIM = 17, 6  # HalfCheetah
 BATCH = 256
@@ -233,32 +230,6 @@ def bench_threads(
     return {"threads": threads, "rows": rows, "ratios": ratios, "_sac": sac, "_buf": buf}
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU model"
-
-
-def command(argv: list[str] | None) -> str:
-    """The command line as typed from the repository root."""
-    args = sys.argv[1:] if argv is None else argv
-    return shlex.join([os.path.relpath(sys.executable), "benchmarks/bench_sac_update.py", *args])
-
-
-def git_rev() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# SAC update speed: ours vs stable-baselines3",
@@ -344,8 +315,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
 
     report: dict[str, Any] = {
-        "command": command(argv),
-        "git_rev": git_rev(),
+        "command": script_command(__file__, argv),
+        "git_rev": git_commit() or "unknown",
         "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "machine": f"{os.cpu_count()}-core CPU, no GPU ({cpu_model()})",
         "torch": torch.__version__,

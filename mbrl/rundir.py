@@ -16,12 +16,14 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import platform
 import re
 import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -189,8 +191,9 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 # -- provenance --------------------------------------------------------------------
-def git_commit() -> str | None:
-    """Commit of the source tree this package runs from (``+dirty`` if modified)."""
+def git_commit(paths: Sequence[str] = ()) -> str | None:
+    """Commit of the source tree this package runs from, ``+dirty`` if it is modified
+    (only ``paths`` count when given, e.g. the files a benchmark measures)."""
     src = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(
@@ -201,7 +204,7 @@ def git_commit() -> str | None:
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(src), "status", "--porcelain"],
+            ["git", "-C", str(src), "status", "--porcelain", "--", *paths],
             capture_output=True,
             text=True,
             timeout=5,
@@ -210,6 +213,23 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + ("+dirty" if dirty else "") if commit else None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), for benchmark reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU model"
+
+
+def script_command(script: str, argv: Sequence[str] | None = None) -> str:
+    """How a script was run, as typed from the repository root (for results files)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    return shlex.join([os.path.relpath(sys.executable), os.path.relpath(script), *args])
 
 
 def versions() -> dict[str, str]:
@@ -226,8 +246,6 @@ def versions() -> dict[str, str]:
 
 
 def machine() -> str:
-    import os
-
     return f"{platform.machine()} {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
 
 
