@@ -26,7 +26,11 @@ Deviations and omissions:
       network; here it is the bootstrap ensemble (a sample is a member), which needs no
       extra machinery and keeps the PETS model and trainer. Small bootstrap ensembles
       lose diversity as data grows.
-    * Randomized prior functions (Osband et al. 2018) are not implemented.
+    * Randomized prior functions (Osband, Aslanides, Cassirer 2018, arXiv:1806.03335)
+      are an option, off by default as in MPC-PSRL: ``--agent.ensemble.prior-scale β``
+      (with ``--agent.ensemble.normalize-targets``) adds a fixed random network
+      ``β·p_e(s, a)`` to each member's mean (see :mod:`mbrl.models.ensemble`), so the
+      members, i.e. the posterior samples, stay diverse where there is no data.
     * The member is drawn among the current elites. With ``train_every > 0`` a refit
       inside an episode keeps the episode's member index (its weights are updated).
     * The planning settings are PETS' (see :mod:`mbrl.agents.pets`); MPC-PSRL used CEM
@@ -70,12 +74,13 @@ class PSRLAgent(PETSAgent):
         super().__init__(cfg, ctx)
         self.member_generator = torch.Generator().manual_seed(cfg.run.seed + MEMBER_SEED_OFFSET)
         self.member: int | None = None
+        self.member_step = -1  # env step of the last draw
 
     def draw_member(self, step: int) -> int:
         """Draw the posterior sample of the next episode: an elite, uniformly."""
         elites = sorted(int(i) for i in self.model.elite_idx.tolist())
         k = int(torch.randint(len(elites), (1,), generator=self.member_generator))
-        self.member = elites[k]
+        self.member, self.member_step = elites[k], step
         self.model_env.set_member(self.member)
         self.ctx.logger.log(step, {"train/psrl_member": float(self.member)})
         return self.member
@@ -85,7 +90,8 @@ class PSRLAgent(PETSAgent):
             self.draw_member(step)
 
     def on_new_episode(self, step: int) -> None:
-        if self.fitted:
+        # (the first fit, at the end of the random episode, has just drawn one)
+        if self.fitted and self.member_step != step:
             self.draw_member(step)
 
     def state_dict(self) -> dict[str, Any]:
@@ -93,12 +99,14 @@ class PSRLAgent(PETSAgent):
             **super().state_dict(),
             "member_generator": self.member_generator.get_state(),
             "member": self.member,
+            "member_step": self.member_step,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.member_generator.set_state(state["member_generator"])
         self.member = None if state["member"] is None else int(state["member"])
+        self.member_step = int(state.get("member_step", -1))
         if self.member is not None:
             self.model_env.set_member(self.member)
 

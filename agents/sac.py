@@ -260,9 +260,14 @@ class SAC:
             -float(act_dim) if cfg.target_entropy is None else float(cfg.target_entropy)
         )
         lr = cfg.learning_rate
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=lr)
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=lr)
+        # The fused (single-kernel) Adam: same update rule, ~4% less time per SAC update
+        # on CPU at these sizes (benchmarks/bench_sac_update.py).
+        fused = self.device.type in ("cpu", "cuda")
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=lr, fused=fused)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=lr, fused=fused)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=lr, fused=fused)
+        self._critic_params = list(self.critic.parameters())
+        self._target_params = list(self.target_critic.parameters())
 
     @property
     def alpha(self) -> Tensor:
@@ -325,11 +330,8 @@ class SAC:
             self.alpha_opt.step()
 
         # 4. Target critics: Polyak averaging.
-        with torch.no_grad():
-            for p_target, p in zip(
-                self.target_critic.parameters(), self.critic.parameters(), strict=True
-            ):
-                p_target.lerp_(p, self.cfg.tau)
+        with torch.no_grad():  # one multi-tensor kernel instead of a Python loop
+            torch._foreach_lerp_(self._target_params, self._critic_params, self.cfg.tau)
 
         values = torch.stack(
             [

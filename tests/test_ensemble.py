@@ -216,6 +216,8 @@ def test_mse_broadcasts_shared_rows() -> None:
         {"learned_termination": True, "normalize_targets": True},
         {"num_members": 1, "num_elites": 1},
         {"activation": "relu"},
+        {"prior_scale": 0.7, "normalize_targets": True},
+        {"prior_scale": 0.7, "normalize_targets": True, "deterministic": True},
     ],
 )
 @pytest.mark.parametrize("chunk_rows", [5, 1024])
@@ -238,10 +240,10 @@ def test_fast_path_equals_full_forward(kw: dict[str, object], chunk_rows: int) -
         torch.testing.assert_close(logvar, full_logvar[member, rows], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("normalize_targets", [False, True])
-def test_fast_path_fused_sampling(normalize_targets: bool) -> None:
+@pytest.mark.parametrize("normalize_targets,prior_scale", [(False, 0.0), (True, 0.0), (True, 2.0)])
+def test_fast_path_fused_sampling(normalize_targets: bool, prior_scale: float) -> None:
     """With noise (in grouped order) the first k columns are mean + std·noise."""
-    m = make(chunk_rows=16, normalize_targets=normalize_targets)
+    m = make(chunk_rows=16, normalize_targets=normalize_targets, prior_scale=prior_scale)
     obs, act, rew, next_obs, _ = batch(1, 101)
     obs, act = obs[0], act[0]
     m.fit_normalizer(obs, act, m.make_targets(obs, act, rew[0], next_obs[0]) * 3)
@@ -341,3 +343,65 @@ def test_training_fits_simple_dynamics() -> None:
     # learned std of Δobs approaches the true 0.05 noise (within a factor of ~2)
     std = logvar[..., :2].mul(0.5).exp().mean()
     assert 0.02 < float(std) < 0.12
+
+
+def _fit(m: ProbabilisticEnsemble, obs: torch.Tensor, act: torch.Tensor, y: torch.Tensor) -> None:
+    targets = m.make_targets(obs, act, y[:, 0], obs + y[:, 1:])
+    m.fit_normalizer(obs, act, targets)
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(400):
+        idx = torch.randint(obs.shape[0], (m.num_members, 64), generator=g)
+        loss, _ = m.loss(obs[idx], act[idx], targets[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def test_randomized_prior_is_fixed_and_keeps_members_apart_off_data() -> None:
+    """Osband et al. 2018: only f_e trains; off the data the members disagree more."""
+    g = torch.Generator().manual_seed(0)
+    obs = torch.rand(400, 2, generator=g) * 0.2  # data only near the origin
+    act = torch.rand(400, 1, generator=g) * 0.2
+    y = torch.cat([obs.sum(1, keepdim=True), 0.1 * act.repeat(1, 2)], 1)  # rew, Δobs
+    far_obs, far_act = torch.full((50, 2), 3.0), torch.full((50, 1), -3.0)
+
+    def spread(prior_scale: float) -> tuple[float, float]:
+        torch.manual_seed(0)
+        cfg = EnsembleConfig(num_members=5, num_elites=5, hidden_size=32, num_layers=2,
+                             weight_decays=(0.0, 0.0, 0.0), normalize_targets=True,
+                             prior_scale=prior_scale)  # fmt: skip
+        m = ProbabilisticEnsemble(2, 1, cfg)
+        _fit(m, obs, act, y)
+        near, _ = m.predict(obs[:50], act[:50])
+        far, _ = m.predict(far_obs, far_act)
+        return float(near.std(0).mean()), float(far.std(0).mean())
+
+    near0, far0 = spread(0.0)
+    near1, far1 = spread(3.0)
+    # on the data both fit (small spread); off it, the prior keeps members apart
+    assert near0 < 0.2 * far0 and near1 < 0.2 * far1
+    assert far1 > 2.0 * far0
+
+
+def test_randomized_prior_buffers_untouched_by_training_and_saved() -> None:
+    torch.manual_seed(0)
+    cfg = EnsembleConfig(num_members=3, num_elites=3, hidden_size=16, num_layers=1,
+                         weight_decays=(0.0, 0.0), normalize_targets=True,
+                         prior_scale=1.0)  # fmt: skip
+    m = ProbabilisticEnsemble(2, 1, cfg)
+    before = {n: b.clone() for n, b in m.named_buffers() if n.startswith("prior_")}
+    assert set(before) == {"prior_weight_0", "prior_bias_0", "prior_weight_1", "prior_bias_1"}
+    g = torch.Generator().manual_seed(0)
+    obs, act = torch.randn(200, 2, generator=g), torch.randn(200, 1, generator=g)
+    _fit(m, obs, act, torch.randn(200, 3, generator=g))
+    for n, b in m.named_buffers():
+        if n in before:
+            assert torch.equal(b, before[n])
+    # a fresh ensemble loading the state predicts the same (the prior is in the state)
+    torch.manual_seed(1)
+    m2 = ProbabilisticEnsemble(2, 1, cfg)
+    m2.load_state_dict(m.state_dict())
+    torch.testing.assert_close(m2.predict(obs, act)[0], m.predict(obs, act)[0])
+    with pytest.raises(MbrlError, match="normalize_targets"):
+        ProbabilisticEnsemble(2, 1, EnsembleConfig(prior_scale=1.0))

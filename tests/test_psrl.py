@@ -59,8 +59,11 @@ def test_one_member_for_every_particle_and_step_then_resampled(
     assert all(bool((m == agent.member).all()) for m in members)
 
     drawn = []
-    for _ in range(12):  # twelve episode boundaries
-        agent.on_new_episode(120)
+    first = agent.member
+    agent.on_new_episode(90)  # the episode that ended with the first fit: no redraw
+    assert agent.member == first
+    for i in range(12):  # twelve episode boundaries
+        agent.on_new_episode(120 + 30 * i)
         drawn.append(agent.member)
         assert agent.model_env.member == agent.member
     assert set(drawn) <= set(agent.model.elite_idx.tolist())

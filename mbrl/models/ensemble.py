@@ -22,6 +22,13 @@ Deviations from the reference code:
       not scaled), see :class:`~mbrl.models.normalizer.Normalizer`.
     * Optional extras not in the papers: target normalization, a learned termination
       logit (trained with binary cross-entropy), a deterministic (MSE) variant.
+    * Optional randomized prior functions (Osband, Aslanides, Cassirer 2018,
+      "Randomized Prior Functions for Deep Reinforcement Learning", arXiv:1806.03335):
+      with ``prior_scale = β > 0`` each member's mean is ``f_e(x) + β·p_e(x)``, where
+      ``p_e`` is a fixed, untrained random MLP of the same shape (its own per member,
+      on the normalized input). Only ``f_e`` is trained, so members keep disagreeing
+      where data does not pin them down (posterior sampling needs that diversity). It
+      requires ``normalize_targets`` so that ``β`` is in units of target std.
 
 API contract (shared with the model trainer), as agreed, with these precisions:
     * ``forward`` also accepts ``(B, O)`` / ``(B, A)`` inputs, broadcast to all members.
@@ -91,6 +98,7 @@ class EnsembleConfig:
     init_max_logvar: float = 0.5
     init_min_logvar: float = -10.0
     logvar_bound_coef: float = 0.01
+    prior_scale: float = 0.0  # β of randomized prior functions (0: none); see module doc
     chunk_rows: int = 2048  # rows per chunk in the CPU rollout path (measured best here)
 
 
@@ -117,6 +125,13 @@ def _check_config(cfg: EnsembleConfig) -> None:
         )
     if cfg.chunk_rows < 1:
         raise MbrlError(f"EnsembleConfig.chunk_rows must be >= 1, got {cfg.chunk_rows}.")
+    if cfg.prior_scale < 0:
+        raise MbrlError(f"EnsembleConfig.prior_scale must be >= 0, got {cfg.prior_scale}.")
+    if cfg.prior_scale > 0 and not cfg.normalize_targets:
+        raise MbrlError(
+            f"EnsembleConfig.prior_scale={cfg.prior_scale} needs normalize_targets=true: "
+            "the prior's output is added in units of the targets' std."
+        )
 
 
 def _soft_bound(logvar: Tensor, max_logvar: Tensor, min_logvar: Tensor) -> Tensor:
@@ -192,6 +207,19 @@ class ProbabilisticEnsemble(nn.Module):
         self.input_normalizer = Normalizer(self.in_dim)
         self.target_normalizer = Normalizer(self.num_gauss)
         self.register_buffer("elite_idx", torch.arange(cfg.num_elites))
+        # randomized prior functions: fixed random MLPs (buffers, never trained)
+        self.prior_scale = float(cfg.prior_scale)
+        self.prior_weights: list[Tensor] = []
+        self.prior_biases: list[Tensor] = []
+        if self.prior_scale > 0:
+            prior_sizes = [*sizes[:-1], self.num_gauss]
+            for i, (fan_in, fan_out) in enumerate(itertools.pairwise(prior_sizes)):
+                # variance-preserving init so that p_e(x) is O(1) on normalized inputs
+                w = torch.randn(E, fan_in, fan_out) / math.sqrt(fan_in)
+                self.register_buffer(f"prior_weight_{i}", w)
+                self.register_buffer(f"prior_bias_{i}", torch.randn(E, 1, fan_out) * 0.1)
+                self.prior_weights.append(w)
+                self.prior_biases.append(self.get_buffer(f"prior_bias_{i}"))
 
     # -- data helpers ------------------------------------------------------------------
     @property
@@ -261,13 +289,16 @@ class ProbabilisticEnsemble(nn.Module):
             if deterministic), in normalized target units if ``normalize_targets`` else
             raw target units.
         """
-        h = self._members_input(obs, act)
+        x = h = self._members_input(obs, act)
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             h = torch.baddbmm(b, h, w)
             if i < last:
                 h = self._act(h)
         mean = h[..., : self.out_dim]
+        if self.prior_scale > 0:
+            g = self.num_gauss
+            mean = torch.cat([mean[..., :g] + self.prior_scale * self._prior(x), mean[..., g:]], -1)
         if self.max_logvar is None or self.min_logvar is None:
             return mean, None
         logvar = _soft_bound(h[..., self.out_dim :], self.max_logvar, self.min_logvar)
@@ -309,6 +340,22 @@ class ProbabilisticEnsemble(nn.Module):
                 self.max_logvar.sum() - self.min_logvar.sum()
             )
         return total + self.weight_decay_loss(), per_member.detach()
+
+    def _prior(self, x: Tensor) -> Tensor:
+        """The fixed random prior ``p_e(x̃)``: ``(E, B, in)`` normalized -> ``(E, B, O + 1)``."""
+        self._sync_prior()
+        last = len(self.prior_weights) - 1
+        for i, (w, b) in enumerate(zip(self.prior_weights, self.prior_biases, strict=True)):
+            x = torch.baddbmm(b, x, w)
+            if i < last:
+                x = self._act(x)
+        return x
+
+    def _sync_prior(self) -> None:
+        # `.to(device)` and `load_state_dict` replace buffers: re-read them by name
+        n = len(self.prior_weights)
+        self.prior_weights = [self.get_buffer(f"prior_weight_{i}") for i in range(n)]
+        self.prior_biases = [self.get_buffer(f"prior_bias_{i}") for i in range(n)]
 
     def weight_decay_loss(self) -> Tensor:
         """MBPO's per-layer L2 term ``Σ_l decay_l · ||W_l||² / 2`` (all members)."""
@@ -460,6 +507,15 @@ class ProbabilisticEnsemble(nn.Module):
         if bounded:
             assert self.max_logvar is not None and self.min_logvar is not None
             max_lv, min_lv = self.max_logvar.detach()[:, 0], self.min_logvar.detach()[:, 0]
+        use_prior = self.prior_scale > 0
+        if use_prior:  # the same folding for the prior's first layer
+            self._sync_prior()
+            pw0f = self.prior_weights[0] / norm.std[None, :, None]
+            pb0f = self.prior_biases[0][:, 0] - torch.einsum(
+                "i,eih->eh", norm.mean / norm.std, self.prior_weights[0]
+            )
+            pws = self.prior_weights
+            pbs = [b[:, 0] for b in self.prior_biases]
 
         # chunking keeps a CPU core's working set in cache; a GPU wants whole groups
         chunk = self.cfg.chunk_rows if dev.type == "cpu" else max(max(counts), 1)
@@ -491,6 +547,12 @@ class ProbabilisticEnsemble(nn.Module):
                     h = torch.addmm(bs[i][e], h, ws[i][e], out=hid[i % 2][:m])
                     self._act_(h)
                 torch.addmm(bs[-1][e], h, ws[-1][e], out=o)
+                if use_prior:
+                    p = torch.addmm(pb0f[e], xo, pw0f[e, :O]).addmm_(xa, pw0f[e, O:])
+                    for i in range(1, len(pws)):
+                        p = self._act_(p)
+                        p = torch.addmm(pbs[i][e], p, pws[i][e])
+                    o[:, : self.num_gauss].add_(p, alpha=self.prior_scale)
                 if bounded:
                     lv = _soft_bound(o[:, od:], max_lv[e], min_lv[e])
                     if sampling:
