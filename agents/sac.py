@@ -266,8 +266,8 @@ class SAC:
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=lr, fused=fused)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=lr, fused=fused)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=lr, fused=fused)
-        self._critic_params = list(self.critic.parameters())
-        self._target_params = list(self.target_critic.parameters())
+        self._critic_params: list[Tensor] = list(self.critic.parameters())
+        self._target_params: list[Tensor] = list(self.target_critic.parameters())
 
     @property
     def alpha(self) -> Tensor:
