@@ -96,12 +96,21 @@ def train(agent_name: str, cfg: TrainConfig[Any], resume: Path | None = None) ->
     run = cfg.run
     if run.dataset is None:
         get_env_spec(run.env)  # fail before anything is written for an unknown env
+    else:  # offline: the env to evaluate on comes from the dataset (validated here)
+        from mbrl.offline import resolve_dataset_env
+
+        run.env = resolve_dataset_env(run.dataset, run.env)
     torch.set_num_threads(run.torch_threads)
     device = resolve_device(run.device)
     if resume is not None:
         run_dir = RunDir.open(resume)
     else:
-        env_name = run.dataset or run.env
+        if run.dataset is not None:
+            from mbrl.offline import dataset_label
+
+            env_name = dataset_label(run.dataset)
+        else:
+            env_name = run.env
         run_dir = RunDir.create(run.run_root, env_name, agent_name, run.seed, run.run_name)
         run_dir.save_config({"agent_name": agent_name, **_as_dict(cfg)})
     seed_everything(run.seed)
@@ -175,8 +184,12 @@ def normalized(final: dict[str, float], run: RunConfig) -> dict[str, Any]:
         return {}
     from mbrl.data.scores import normalized_score, ref_scores_for
 
-    env_id = get_env_spec(run.env).id if run.dataset is None else run.env  # "module:Class" refs
-    refs = ref_scores_for(env_id=env_id, dataset=run.dataset)
+    if run.dataset is None:
+        refs = ref_scores_for(env_id=get_env_spec(run.env).id)  # "module:Class" refs
+    else:  # the dataset's own reference scores (metadata) first, as the offline loop
+        from mbrl.offline import dataset_ref_scores
+
+        refs = dataset_ref_scores(run.dataset, run.env)
     if refs is None:
         return {}
     return {
