@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import tyro
 from rich.console import Console
@@ -81,7 +81,10 @@ def train_usage() -> None:
     from mbrl.config import list_presets
     from mbrl.registry import AGENTS
 
-    console.print("usage: mbrl train AGENT [--preset NAME] [--config FILE.yaml] [--FIELD VALUE]...")
+    console.print(
+        "usage: mbrl train AGENT [--preset NAME] [--config FILE.yaml] [--dataset SOURCE] "
+        "[--FIELD VALUE]..."
+    )
     console.print("       mbrl train --resume RUN_DIR\n")
     console.print(
         "Train an agent online on --run.env, or offline on --run.dataset. Values come\n"
@@ -127,6 +130,9 @@ def cmd_train(argv: list[str]) -> int:
     cfg_cls = _config_class(entry)
     preset, argv = _pop_option(argv, "--preset")
     config_file, argv = _pop_option(argv, "--config")
+    dataset, argv = _pop_option(argv, "--dataset")
+    if dataset is not None:  # shorthand of --run.dataset (offline agents)
+        argv = [*argv, "--run.dataset", dataset]
     merged: dict[str, Any] = {"agent": to_dict(cfg_cls()), "run": to_dict(RunConfig())}
     if preset is not None:
         merged = deep_merge(merged, _split_preset(load_preset(name, preset), preset))
@@ -223,6 +229,9 @@ def cmd_data(argv: list[str]) -> int:
         "info": Command(_data_info, "Sizes, dims, episodes, returns and ref scores of a dataset."),
         "convert": Command(_data_convert, "Convert between D4RL HDF5, .npz and Minari."),
         "download": Command(_data_download, "Download a D4RL dataset id into the d4rl cache."),
+        "collect": Command(
+            _data_collect, "Generate D4RL-style datasets on any env (random, medium, ...)."
+        ),
     }
     return dispatch("mbrl data", commands, argv, intro="Datasets in the D4RL format.")
 
@@ -280,6 +289,73 @@ def _data_download(argv: list[str]) -> int:
         console.print(f"{dataset}: {path}")
 
     tyro.cli(download, args=argv, prog="mbrl data download")
+    return 0
+
+
+def _data_collect(argv: list[str]) -> int:
+    def collect(
+        env: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="ENV")],
+        out: Path,
+        kinds: str = "random,medium,medium-replay",
+        behavior_steps: int = 60_000,
+        size: int = 100_000,
+        seed: int = 0,
+        checkpoint_every: int = 4_000,
+        learning_starts: int = 10_000,
+        eval_episodes: int = 5,
+        ref_episodes: int = 10,
+        medium_fraction: float = 1.0 / 3.0,
+        overwrite: bool = False,
+        progress: bool = True,
+        threads: int = 1,
+    ) -> None:
+        """Generate D4RL-format datasets on ENV by the D4RL protocol: train a behaviour SAC
+        (checkpoints every --checkpoint-every steps, each evaluated), then write
+        OUT/<env>-<kind>.hdf5 for each kind. Rerunning the same command resumes: training
+        continues from the last checkpoint and finished files are skipped.
+
+        Args:
+            env: registered env id, e.g. HalfCheetah-v4.
+            out: output folder.
+            kinds: comma-separated, of random, medium, medium-replay, expert, medium-expert.
+            behavior_steps: behaviour SAC env steps (1 update each); D4RL's ~1M.
+            size: rows of random/medium/expert (D4RL: 1M); medium-expert has 2x.
+            seed: seed of SAC, resets and sampled actions.
+            checkpoint_every: env steps between evaluated behaviour checkpoints.
+            learning_starts: uniform-random warm-up steps of SAC.
+            eval_episodes: deterministic episodes per checkpoint evaluation.
+            ref_episodes: episodes for the random and best reference scores.
+            medium_fraction: medium target, as a fraction of the way from random to best.
+            overwrite: discard this folder's behaviour run and datasets and start over.
+            progress: show progress bars.
+            threads: torch threads.
+        """
+        from mbrl.data.generate import CollectConfig
+        from mbrl.data.generate import collect as do_collect
+
+        cfg = CollectConfig(
+            env=env,
+            out=out,
+            kinds=tuple(kinds.replace(",", " ").split()),
+            behavior_steps=behavior_steps,
+            size=size,
+            seed=seed,
+            checkpoint_every=checkpoint_every,
+            learning_starts=learning_starts,
+            eval_episodes=eval_episodes,
+            ref_episodes=ref_episodes,
+            medium_fraction=medium_fraction,
+            overwrite=overwrite,
+            progress=progress,
+            threads=threads,
+        )
+        written = do_collect(
+            cfg, log=lambda msg: console.print(msg, highlight=False, soft_wrap=True)
+        )
+        for kind, path in written.items():
+            console.print(f"{kind}: {path}")
+
+    tyro.cli(collect, args=argv, prog="mbrl data collect")
     return 0
 
 
@@ -413,14 +489,113 @@ def _model_eval(argv: list[str]) -> int:
     return 0
 
 
+# -- sweep / table / plot ----------------------------------------------------------
+def cmd_sweep(argv: list[str]) -> int:
+    from mbrl.results.sweep import SweepOptions, run_sweep
+
+    opts = tyro.cli(
+        SweepOptions,
+        args=argv,
+        prog="mbrl sweep",
+        description="Run a grid of agents x envs/datasets x seeds (x overrides) from a "
+        "YAML file (configs/sweeps/*.yaml) and/or flags, on a local process pool or a Ray "
+        "cluster. Re-running skips finished runs and resumes interrupted ones.",
+    )
+    return run_sweep(opts, console=console)
+
+
+def cmd_table(argv: list[str]) -> int:
+
+    def table(
+        runs: Annotated[tuple[Path, ...], tyro.conf.Positional],
+        out: Path | None = None,
+        formats: tuple[Literal["md", "csv", "tex"], ...] = ("md", "csv", "tex"),
+        budgets: tuple[int, ...] = (),
+        compare: tuple[str, str] | None = None,
+        mixed: Literal["split", "error"] = "split",
+        reps: int = 10_000,
+        ci: float = 0.95,
+        seed: int = 0,
+    ) -> None:
+        """Collect finished run directories into a results table: per task and algorithm
+        mean ± std of the final evaluation over seeds, normalized scores, returns at step
+        budgets; aggregate mean/median/IQM of normalized scores with stratified-bootstrap
+        CIs (Agarwal et al. 2021).
+
+        Args:
+            runs: run directories or folders holding them (searched recursively).
+            out: also write OUT.md, OUT.csv, OUT.tex and OUT.provenance.json.
+            formats: which files to write with --out.
+            budgets: also report the return at these env-step budgets (online runs).
+            compare: A B: probability that algorithm A improves on B (P(A > B)).
+            mixed: runs of one agent and task with different configs: 'split' into
+                labelled rows, or 'error'.
+            reps: bootstrap replicates.
+            ci: confidence level of the intervals.
+            seed: seed of the bootstrap.
+        """
+        from mbrl.results.table import build_table, to_markdown, write_table
+
+        t = build_table(runs, budgets, compare, mixed=mixed, reps=reps, ci=ci, seed=seed)
+        # raw markdown: wide tables stay unwrapped and can be pasted as they are
+        console.print(to_markdown(t, provenance_footer=False), markup=False, soft_wrap=True)
+        if out is not None:
+            for path in write_table(t, out, formats):
+                console.print(f"wrote {path}")
+
+    tyro.cli(table, args=argv, prog="mbrl table")
+    return 0
+
+
+def cmd_plot(argv: list[str]) -> int:
+
+    def plot(
+        runs: Annotated[tuple[Path, ...], tyro.conf.Positional],
+        out: Path = Path("plots"),
+        formats: tuple[Literal["png", "svg", "pdf"], ...] = ("png", "svg"),
+        metric: str = "eval/return",
+        mixed: Literal["split", "error"] = "split",
+        reps: int = 2_000,
+        ci: float = 0.95,
+        seed: int = 0,
+    ) -> None:
+        """Plot learning curves (mean and a bootstrap CI band over seeds) per task and
+        algorithm, the aggregate IQM curve of normalized scores and performance profiles,
+        into OUT/ (with curves.csv holding the plotted values). Unfinished runs are
+        included in the learning curves.
+
+        Args:
+            runs: run directories or folders holding them (searched recursively).
+            out: folder for the figures.
+            formats: image formats.
+            metric: the metrics.csv key to plot.
+            mixed: runs of one agent and task with different configs: 'split' or 'error'.
+            reps: bootstrap replicates of the bands.
+            ci: confidence level of the bands.
+            seed: seed of the bootstrap.
+        """
+        from mbrl.results.plot import plot_runs
+
+        for path in plot_runs(
+            runs, out, formats=formats, metric=metric, mixed=mixed, reps=reps, ci=ci, seed=seed
+        ):
+            console.print(f"wrote {path}")
+
+    tyro.cli(plot, args=argv, prog="mbrl plot")
+    return 0
+
+
 # -- entry point -------------------------------------------------------------------
 COMMANDS: dict[str, Command] = {
     "train": Command(cmd_train, "Train an agent online (--run.env) or offline (--run.dataset)."),
     "eval": Command(cmd_eval, "Re-evaluate a run's latest checkpoint (optionally with video)."),
-    "data": Command(cmd_data, "Datasets: info, convert, download."),
+    "data": Command(cmd_data, "Datasets: info, convert, download, collect."),
     "envs": Command(cmd_envs, "List environments with dims and termination/reward functions."),
     "agents": Command(cmd_agents, "List agents and their configs."),
     "model": Command(cmd_model, "Dynamics models: list, eval (k-step prediction error)."),
+    "sweep": Command(cmd_sweep, "Run a grid of agents x tasks x seeds (local pool or Ray)."),
+    "table": Command(cmd_table, "Results table of runs: mean ± std, normalized, IQM + CIs."),
+    "plot": Command(cmd_plot, "Learning curves, IQM curves and performance profiles."),
 }
 
 
