@@ -232,6 +232,30 @@ def test_interrupted_training_resumes_and_finished_files_are_skipped(tmp_path: P
     assert stamps == {k: dataset_path(tmp_path, ENV, k).stat().st_mtime_ns for k in cfg.kinds}
 
 
+def test_larger_behavior_budget_extends_training_once_stale_files_are_gone(
+    tmp_path: Path,
+) -> None:
+    short = tiny(tmp_path, kinds=("medium-replay",), behavior_steps=200)
+    collect(short, log=lambda msg: None)
+    longer = replace(short, behavior_steps=300)
+    with pytest.raises(MbrlError, match="datasets from the shorter run exist"):
+        collect(longer, log=lambda msg: None)
+    dataset_path(tmp_path, ENV, "medium-replay").unlink()
+    messages: list[str] = []
+    collect(longer, log=messages.append)
+    assert "behaviour SAC: resuming from step 200" in messages
+    assert [e["step"] for e in evals(longer)] == [100, 200, 300]
+    with open(tmp_path / "behavior" / "buffer_000000300.pkl", "rb") as fh:
+        buf = pickle.load(fh)
+    assert buf.buffer_size == 300 and buf.full  # grown, nothing overwritten
+    arrays, _ = gen.BehaviorRun(longer, get_env_spec(ENV), log=lambda msg: None).replay(300)
+    np.testing.assert_allclose(buf.observations[:, 0], arrays["observations"], atol=1e-6)
+    meta = load_d4rl(dataset_path(tmp_path, ENV, "medium-replay")).metadata
+    assert meta["behavior_steps"] == 300 and refs(longer)["ref_max_policy_step"] in (100, 200, 300)
+    with pytest.raises(MbrlError, match="other settings"):  # shrinking is not extending
+        collect(replace(short, behavior_steps=250), log=lambda msg: None)
+
+
 def test_crash_while_writing_leaves_no_file_under_the_final_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -32,8 +32,10 @@ Output folder ``OUT``::
 
 Resuming: running the same command again continues behaviour training from the last
 checkpoint in ``evals.json`` and writes only the datasets that are missing; finished
-datasets are skipped. Files are written to a temp file and renamed, so an interrupted run
-never leaves a partial file under a final name (stale temp files are removed on re-run).
+datasets are skipped. A larger ``--behavior-steps`` (all else equal) extends a finished
+or interrupted behaviour run, once the datasets written from the shorter run are deleted.
+Files are written to a temp file and renamed, so an interrupted run never leaves a
+partial file under a final name (stale temp files are removed on re-run).
 
 Deviations from D4RL, all for a 2-core machine or a gymnasium stack:
 
@@ -410,6 +412,7 @@ class BehaviorRun:
             last = int(evals[-1]["step"])
             model = _load_sac(self.ckpt_path(last), env=recorder)
             model.load_replay_buffer(self.buffer_path(last))
+            _grow_buffer(model, self.cfg.behavior_steps)
             self.log(f"behaviour SAC: resuming from step {last}")
         else:
             model = _make_sac(self.cfg, recorder)
@@ -515,14 +518,17 @@ def _prepare_folder(cfg: CollectConfig, spec: EnvSpec, log: Log) -> None:
         saved = _read_json(settings_path)
         now = json.loads(json.dumps(cfg.settings()))
         diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-        if diff:
+        if diff == ["behavior_steps"] and now["behavior_steps"] > saved["behavior_steps"]:
+            _extend_training(cfg, spec, int(saved["behavior_steps"]), log)
+        elif diff:
             listing = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff)
             raise MbrlError(
                 f"'{cfg.out}' holds datasets generated with other settings ({listing}). "
                 "Rerun with the same settings to resume, choose another --out, or pass "
                 "--overwrite to discard them and start over."
             )
-        log(f"resuming in {cfg.out} (settings match {settings_path.name})")
+        else:
+            log(f"resuming in {cfg.out} (settings match {settings_path.name})")
     else:
         existing = [str(p) for p in targets if p.exists()]
         if existing:
@@ -535,6 +541,43 @@ def _prepare_folder(cfg: CollectConfig, spec: EnvSpec, log: Log) -> None:
     _remove_stale_temps(cfg.out)
     _remove_stale_temps(cfg.out / "behavior")
     _write_json(settings_path, cfg.settings())
+
+
+def _extend_training(cfg: CollectConfig, spec: EnvSpec, before: int, log: Log) -> None:
+    """A larger ``--behavior-steps`` continues training; datasets written from the shorter
+    run would be stale, so they must be gone first; the cached reference scores go."""
+    stale = [str(p) for k in KINDS if (p := dataset_path(cfg.out, spec.id, k)).exists()]
+    if stale:
+        raise MbrlError(
+            f"--behavior-steps {cfg.behavior_steps} extends the behaviour run in '{cfg.out}' "
+            f"(trained for {before} steps), but datasets from the shorter run exist: "
+            f"{', '.join(stale)}. Delete (or move) them first, or pass --overwrite to start over."
+        )
+    (cfg.out / "behavior" / "refs.json").unlink(missing_ok=True)
+    log(f"extending behaviour training in {cfg.out} from {before} to {cfg.behavior_steps} steps")
+
+
+def _grow_buffer(model: Any, capacity: int) -> None:
+    """Give SAC's replay buffer room for ``capacity`` transitions (it was sized for the
+    shorter run), keeping its contents in order."""
+    old = model.replay_buffer
+    if old.buffer_size >= capacity:
+        return
+    from stable_baselines3.common.buffers import ReplayBuffer
+
+    new = ReplayBuffer(
+        capacity,
+        old.observation_space,
+        old.action_space,
+        device=old.device,
+        handle_timeout_termination=old.handle_timeout_termination,
+    )
+    n = old.buffer_size if old.full else old.pos
+    order = np.roll(np.arange(old.buffer_size), -old.pos)[-n:] if old.full else np.arange(n)
+    for key in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts"):
+        getattr(new, key)[:n] = getattr(old, key)[order]
+    new.pos = n
+    model.replay_buffer, model.buffer_size = new, capacity
 
 
 def reference_scores(cfg: CollectConfig, spec: EnvSpec, run: BehaviorRun | None) -> dict[str, Any]:
