@@ -115,6 +115,9 @@ def train(agent_name: str, cfg: TrainConfig[Any], resume: Path | None = None) ->
         run_dir.save_config({"agent_name": agent_name, **_as_dict(cfg)})
     seed_everything(run.seed)
     start = time.perf_counter()
+    # the code that runs is the code loaded now: a commit made during a long run must not
+    # be credited with its results
+    at_start = provenance()
     with MetricsLogger(run_dir, tensorboard=run.tensorboard) as logger:
         ctx = RunContext(run_dir=run_dir, logger=logger, device=device, resumed=resume is not None)
         agent = entry.obj(cfg, ctx)
@@ -130,6 +133,8 @@ def train(agent_name: str, cfg: TrainConfig[Any], resume: Path | None = None) ->
         "wall_time_s": round(wall, 2),
         "wall_time_this_session_s": round(time.perf_counter() - start, 2),
         **provenance(),
+        "commit": at_start["commit"],
+        "started": at_start["date"],
     }
     summary.update(normalized(final, run))
     run_dir.write_summary(summary)

@@ -154,7 +154,7 @@ def test_train_writes_run_directory_and_eval_and_resume(
     assert summary["final"]["eval/return"] == pytest.approx(final_eval[0])
     assert summary["agent"] == "sb3-sac" and summary["seed"] == 3
     assert summary["wall_time_s"] > 0
-    for key in ("commit", "date", "machine", "versions", "command"):
+    for key in ("commit", "started", "date", "machine", "versions", "command"):
         assert key in summary
     assert "torch" in summary["versions"]
     assert "normalized_score" not in summary  # Pendulum has no reference scores
