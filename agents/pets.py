@@ -59,7 +59,13 @@ from mbrl.data.buffer import ReplayBuffer
 from mbrl.envs import EnvSpec
 from mbrl.errors import MbrlError, unknown_name
 from mbrl.models.ensemble import EnsembleConfig, ProbabilisticEnsemble
+from mbrl.models.koopman import KoopmanConfig, KoopmanModel
 from mbrl.models.model_env import ModelEnv
+from mbrl.models.seq_trainer import (
+    SequenceTrainer,
+    SequenceTrainerConfig,
+    windows_from_trajectories,
+)
 from mbrl.models.trainer import ModelTrainer, TrainerConfig
 from mbrl.online import OnlineAgent
 from mbrl.planners.base import Planner
@@ -71,6 +77,7 @@ from mbrl.train import RunContext, TrainConfig
 
 PLANNER_NAMES = ("cem", "icem", "mppi")
 PETS_PROPAGATIONS = ("fixed_member", "random_elite")
+PETS_MODELS = ("ensemble", "koopman")
 PLANNER_SEED_OFFSET = 30_000  # the planners' generators never share a seed with resets
 EVAL_SEED_OFFSET = 40_000
 
@@ -82,6 +89,11 @@ class PETSConfig:
     Attributes:
         ensemble: the dynamics ensemble (PETS/MBPO: 7 members, 5 elites, 4×200 SiLU).
         trainer: how the ensemble is fitted after each episode.
+        model: the dynamics model: ``ensemble`` (PETS) or ``koopman`` (a deterministic
+            Koopman ensemble, :mod:`mbrl.models.koopman`, refitted on windows of the
+            stored episodes; TS∞ particles then differ only by member).
+        koopman: the Koopman model's settings (``model=koopman``).
+        seq_trainer: how the Koopman model is fitted (``model=koopman``).
         planner: ``cem`` (PETS), ``icem`` or ``mppi``; its settings are the matching
             field below (the other two are ignored).
         cem: CEM settings (PETS: 5 iterations, population 500, elite ratio 0.1, α 0.1).
@@ -99,6 +111,9 @@ class PETSConfig:
 
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    model: str = "ensemble"
+    koopman: KoopmanConfig = field(default_factory=KoopmanConfig)
+    seq_trainer: SequenceTrainerConfig = field(default_factory=SequenceTrainerConfig)
     planner: str = "cem"
     cem: CEMConfig = field(default_factory=CEMConfig)
     icem: ICEMConfig = field(default_factory=ICEMConfig)
@@ -120,6 +135,8 @@ class PETSConfig:
                 f"{type(self).__name__}.learning_starts={self.learning_starts} must be >= 1: "
                 "the model needs data before the first plan (PETS: one random episode)."
             )
+        if self.model not in PETS_MODELS:
+            raise unknown_name("model", self.model, PETS_MODELS)
         if self.planner not in PLANNER_NAMES:
             raise unknown_name("planner", self.planner, PLANNER_NAMES)
         if self.reward_source not in ("env", "model"):
@@ -183,9 +200,18 @@ class PETSAgent(OnlineAgent):
         self.learning_starts = a.learning_starts
         self.buffer_capacity = a.buffer_size
         self.log_every = a.log_every
-        self.model = ProbabilisticEnsemble(self.obs_dim, self.act_dim, a.ensemble).to(self.device)
-        trainer_cfg = dataclasses.replace(a.trainer, seed=a.trainer.seed + cfg.run.seed)
-        self.trainer = ModelTrainer(self.model, trainer_cfg, self.device)
+        self.model: ProbabilisticEnsemble | KoopmanModel
+        self.trainer: ModelTrainer | SequenceTrainer
+        if a.model == "koopman":
+            self.model = KoopmanModel(self.obs_dim, self.act_dim, a.koopman).to(self.device)
+            seq_cfg = dataclasses.replace(a.seq_trainer, seed=a.seq_trainer.seed + cfg.run.seed)
+            self.trainer = SequenceTrainer(self.model, seq_cfg)
+        else:
+            self.model = ProbabilisticEnsemble(self.obs_dim, self.act_dim, a.ensemble).to(
+                self.device
+            )
+            trainer_cfg = dataclasses.replace(a.trainer, seed=a.trainer.seed + cfg.run.seed)
+            self.trainer = ModelTrainer(self.model, trainer_cfg, self.device)
         self.propagation = getattr(self, "propagation", a.propagation)
         self.model_env = self._make_model_env(self.propagation)
         self.eval_model_env = self._make_model_env(a.propagation)
@@ -220,7 +246,16 @@ class PETSAgent(OnlineAgent):
     # -- model -------------------------------------------------------------------------
     def fit_model(self, step: int, buffer: ReplayBuffer) -> dict[str, float]:
         """Refit the ensemble on every transition in ``buffer``; logs and returns metrics."""
-        result = self.trainer.fit(buffer.transitions(), progress=False)
+        if isinstance(self.trainer, SequenceTrainer):
+            # windows of the stored episodes, as long as the longest allows (early
+            # episodes of a falling task are short)
+            episodes = list(buffer.episodes())
+            length = min(self.cfg.agent.koopman.horizon, max(len(e.obs) for e in episodes))
+            result: Any = self.trainer.fit(
+                windows_from_trajectories(episodes, length), progress=False
+            )
+        else:
+            result = self.trainer.fit(buffer.transitions(), progress=False)
         self.fitted, self.last_fit_step = True, step
         elites = result.elite_idx
         mse = float(np.mean([result.holdout_mse_per_member[i] for i in elites]))
@@ -329,7 +364,8 @@ class PETSAgent(OnlineAgent):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         # the elite list may differ in length from the freshly built model's
-        self.model.elite_idx = state["model"]["elite_idx"].clone().to(self.device)
+        if isinstance(self.model, ProbabilisticEnsemble):
+            self.model.elite_idx = state["model"]["elite_idx"].clone().to(self.device)
         self.model.load_state_dict(state["model"])
         self.trainer.load_state_dict(state["trainer"])
         self.planner.load_state_dict(state["planner"])

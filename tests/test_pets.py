@@ -188,6 +188,41 @@ def test_state_dict_round_trip_reproduces_the_next_action(tmp_path: Path) -> Non
     np.testing.assert_array_equal(agent.act(obs), other.act(obs))
 
 
+def test_koopman_model_plugs_into_pets(tmp_path: Path) -> None:
+    """``model=koopman``: fitted on episode windows, planned through ModelEnv, resumable."""
+    from mbrl.models.koopman import KoopmanModel
+
+    koopman = {"num_members": 2, "latent_dim": 8, "hidden_size": 32, "horizon": 8}
+    cfg = small_config(
+        cem={"num_iterations": 2, "population_size": 50}, horizon=8, model="koopman",
+        koopman=koopman, seq_trainer={"max_grad_steps": 300},
+    )  # fmt: skip
+    agent = make_agent(tmp_path / "a", PETSAgent, cfg, seed=3)
+    assert isinstance(agent.model, KoopmanModel)
+    buffer = random_buffer(agent)  # three 30-step episodes
+    before = agent.model.sequence_mse(*_windows(buffer, 8)).mean()
+    metrics = agent.fit_model(90, buffer)
+    after = agent.model.sequence_mse(*_windows(buffer, 8)).mean()
+    assert float(after) < 0.5 * float(before)  # the fit learned something
+    assert metrics["model/holdout_mse"] > 0
+    obs = np.array([-7.5, 0.5], dtype=np.float32)
+    act = agent.act(obs)
+    assert act.shape == (1,) and -1 <= float(act[0]) <= 1
+    state = agent.state_dict()
+    other = make_agent(tmp_path / "b", PETSAgent, cfg, seed=4)
+    other.load_state_dict(state)
+    np.testing.assert_array_equal(agent.act(obs), other.act(obs))
+    with pytest.raises(MbrlError, match="model"):
+        small_config(model="transformer")
+
+
+def _windows(buffer: ReplayBuffer, length: int) -> tuple[torch.Tensor, ...]:
+    from mbrl.models.seq_trainer import windows_from_trajectories
+
+    w = windows_from_trajectories(list(buffer.episodes()), length)
+    return w.obs, w.act, w.rew, w.next_obs
+
+
 # -- config ------------------------------------------------------------------------------
 def test_config_round_trips_through_yaml_with_nested_planner(tmp_path: Path) -> None:
     cfg = PETSConfig(

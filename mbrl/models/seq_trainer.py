@@ -173,6 +173,14 @@ class SequenceTrainer:
         )
         self.generator = torch.Generator().manual_seed(cfg.seed)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Adam's state and the sampling generator (for an exact resume between fits)."""
+        return {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+
     def fit(
         self,
         data: SequenceBatch,
