@@ -363,3 +363,39 @@ def test_registered_and_listed(capsys: pytest.CaptureFixture[str]) -> None:
 def test_bad_config_is_a_clear_error(change: dict, match: str) -> None:
     with pytest.raises(MbrlError, match=match):
         KoopmanModel(O, A, dataclasses.replace(SMALL, **change))
+
+
+@pytest.mark.parametrize("propagation", ["fixed_member", "episode_member"])
+@pytest.mark.parametrize("reward_source", ["model", "env"])
+def test_planning_objective_uses_the_parallel_sequence_path(
+    propagation: str, reward_source: str
+) -> None:
+    """The MPC objective runs ``predict_sequence`` once (not H steps); re-encoding every
+    step makes it equal to stepping ModelEnv, members and reward rules included."""
+    torch.manual_seed(0)
+    cfg = KoopmanConfig(num_members=3, latent_dim=6, hidden_size=16, num_layers=1, horizon=8)
+    model = KoopmanModel(2, 1, dataclasses.replace(cfg, reencode_every=1))
+    spec = get_env_spec("PointMass1D-v0")
+    env = ModelEnv(model, spec, propagation=propagation, reward_source=reward_source)
+    if propagation == "episode_member":
+        env.set_member(2)
+    g = torch.Generator().manual_seed(0)
+    start = torch.tensor([[8.0, 0.0], [-9.0, 0.5]])
+    actions = torch.rand(2, 5, 6, 1, generator=g) * 2 - 1  # (S, P, H, A)
+    calls = {"sequence": 0}
+    predict_sequence = model.predict_sequence
+
+    def counting(*args: object, **kw: object) -> tuple[torch.Tensor, torch.Tensor]:
+        calls["sequence"] += 1
+        return predict_sequence(*args, **kw)  # type: ignore[arg-type]
+
+    model.predict_sequence = counting  # type: ignore[method-assign]
+    got = env.evaluate_action_sequences(actions, start, 4, torch.Generator().manual_seed(1))
+    assert calls["sequence"] == 1 and got.shape == (2, 5)
+    # the same rollouts stepped one model step at a time
+    obs0 = start[:, None, None].expand(2, 5, 4, 2).reshape(-1, 2)
+    env.reset(obs0, generator=torch.Generator().manual_seed(1))
+    ret = torch.zeros(obs0.shape[0])
+    for t in range(6):
+        ret += env.step(actions[:, :, None, t].expand(2, 5, 4, 1).reshape(-1, 1)).rew
+    torch.testing.assert_close(got, ret.view(2, 5, 4).mean(-1), atol=1e-4, rtol=1e-4)

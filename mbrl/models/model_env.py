@@ -54,7 +54,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor
@@ -462,6 +462,15 @@ class ModelEnv:
         R = num_particles
         obs0 = start_obs[:, None, None, :].expand(S, P, R, self.obs_dim).reshape(-1, self.obs_dim)
         self.reset(obs0, generator=generator)
+        # a sequence model (Koopman) unrolls each particle's own member over the whole
+        # horizon at once; `mean` (re-averaged every step) and TS1 need the step loop
+        members_fixed = self.propagation in ("fixed_member", "episode_member")
+        if members_fixed and hasattr(self.model, "predict_sequence"):
+            acts = actions[:, :, None].expand(S, P, R, H, A).reshape(-1, H, A)
+            ret = self._sequence_returns(obs0.to(self.device, torch.float32), acts)
+            ret = ret.view(S, P, R).mean(-1)
+            ret = torch.where(torch.isfinite(ret), ret, torch.full_like(ret, -1e10))
+            return ret[0] if single else ret
         ret = torch.zeros(S * P * R, device=self.device)
         for t in range(H):
             act_t = actions[:, :, None, t, :].expand(S, P, R, A).reshape(-1, A)
@@ -469,6 +478,27 @@ class ModelEnv:
         ret = ret.view(S, P, R).mean(-1)
         ret = torch.where(torch.isfinite(ret), ret, torch.full_like(ret, -1e10))
         return ret[0] if single else ret
+
+    def _sequence_returns(self, obs0: Tensor, acts: Tensor) -> Tensor:
+        """Returns ``(B,)`` of whole action sequences ``acts (B, H, A)`` through a
+        sequence model's ``predict_sequence`` (e.g. Koopman's parallel unroll), with the
+        members :meth:`reset` assigned and the same reward/termination rules as
+        :meth:`step`: a sample that terminated earns nothing afterwards."""
+        B, H, A = acts.shape
+        seq_model: Any = self.model
+        next_obs, rew = seq_model.predict_sequence(obs0, acts)  # (E, B, H, O), (E, B, H)
+        member, rows = self._member_of_rows(B), torch.arange(B, device=self.device)
+        nxt, r = next_obs[member, rows], rew[member, rows]  # (B, H, O), (B, H)
+        prev = torch.cat([obs0[:, None], nxt[:, :-1]], dim=1)
+        flat = (prev.reshape(-1, self.obs_dim), acts.reshape(-1, A), nxt.reshape(-1, self.obs_dim))
+        if self.reward_fn is not None:
+            r = self.reward_fn(*flat).to(nxt.dtype).view(B, H)
+        if self.termination_fn is not None:
+            term = self.termination_fn(*flat).view(B, H).bool()
+            # alive at t: no termination before t (the terminating step still earns)
+            earlier = torch.cumsum(term.int(), dim=1) - term.int()
+            r = r.masked_fill(earlier > 0, 0.0)
+        return r.sum(dim=1)
 
     @torch.no_grad()
     def rollout(
