@@ -209,8 +209,7 @@ class ProbabilisticEnsemble(nn.Module):
         self.register_buffer("elite_idx", torch.arange(cfg.num_elites))
         # randomized prior functions: fixed random MLPs (buffers, never trained)
         self.prior_scale = float(cfg.prior_scale)
-        self.prior_weights: list[Tensor] = []
-        self.prior_biases: list[Tensor] = []
+        self.num_prior_layers = 0
         if self.prior_scale > 0:
             prior_sizes = [*sizes[:-1], self.num_gauss]
             for i, (fan_in, fan_out) in enumerate(itertools.pairwise(prior_sizes)):
@@ -218,8 +217,7 @@ class ProbabilisticEnsemble(nn.Module):
                 w = torch.randn(E, fan_in, fan_out) / math.sqrt(fan_in)
                 self.register_buffer(f"prior_weight_{i}", w)
                 self.register_buffer(f"prior_bias_{i}", torch.randn(E, 1, fan_out) * 0.1)
-                self.prior_weights.append(w)
-                self.prior_biases.append(self.get_buffer(f"prior_bias_{i}"))
+            self.num_prior_layers = len(prior_sizes) - 1
 
     # -- data helpers ------------------------------------------------------------------
     @property
@@ -343,19 +341,20 @@ class ProbabilisticEnsemble(nn.Module):
 
     def _prior(self, x: Tensor) -> Tensor:
         """The fixed random prior ``p_e(x̃)``: ``(E, B, in)`` normalized -> ``(E, B, O + 1)``."""
-        self._sync_prior()
-        last = len(self.prior_weights) - 1
-        for i, (w, b) in enumerate(zip(self.prior_weights, self.prior_biases, strict=True)):
+        layers = self._prior_layers()
+        last = len(layers) - 1
+        for i, (w, b) in enumerate(layers):
             x = torch.baddbmm(b, x, w)
             if i < last:
                 x = self._act(x)
         return x
 
-    def _sync_prior(self) -> None:
-        # `.to(device)` and `load_state_dict` replace buffers: re-read them by name
-        n = len(self.prior_weights)
-        self.prior_weights = [self.get_buffer(f"prior_weight_{i}") for i in range(n)]
-        self.prior_biases = [self.get_buffer(f"prior_bias_{i}") for i in range(n)]
+    def _prior_layers(self) -> list[tuple[Tensor, Tensor]]:
+        """The prior's ``(weight, bias)`` buffers, read by name (``.to()`` replaces them)."""
+        return [
+            (self.get_buffer(f"prior_weight_{i}"), self.get_buffer(f"prior_bias_{i}"))
+            for i in range(self.num_prior_layers)
+        ]
 
     def weight_decay_loss(self) -> Tensor:
         """MBPO's per-layer L2 term ``Σ_l decay_l · ||W_l||² / 2`` (all members)."""
@@ -509,13 +508,12 @@ class ProbabilisticEnsemble(nn.Module):
             max_lv, min_lv = self.max_logvar.detach()[:, 0], self.min_logvar.detach()[:, 0]
         use_prior = self.prior_scale > 0
         if use_prior:  # the same folding for the prior's first layer
-            self._sync_prior()
-            pw0f = self.prior_weights[0] / norm.std[None, :, None]
-            pb0f = self.prior_biases[0][:, 0] - torch.einsum(
-                "i,eih->eh", norm.mean / norm.std, self.prior_weights[0]
-            )
-            pws = self.prior_weights
-            pbs = [b[:, 0] for b in self.prior_biases]
+            prior = self._prior_layers()
+            pw0, pb0 = prior[0]
+            pw0f = pw0 / norm.std[None, :, None]
+            pb0f = pb0[:, 0] - torch.einsum("i,eih->eh", norm.mean / norm.std, pw0)
+            pws = [w for w, _ in prior]
+            pbs = [b[:, 0] for _, b in prior]
 
         # chunking keeps a CPU core's working set in cache; a GPU wants whole groups
         chunk = self.cfg.chunk_rows if dev.type == "cpu" else max(max(counts), 1)
