@@ -85,7 +85,7 @@ from tqdm.auto import tqdm
 from mbrl.agents.sac import SAC, SACConfig
 from mbrl.checkpoint import find_latest, load_checkpoint, rng_state, save_run_checkpoint
 from mbrl.checkpoint import set_rng_state as restore_rng_state
-from mbrl.config import RunConfig, check_in_range, check_positive
+from mbrl.config import RunConfig, check_in_range, check_positive, load_yaml
 from mbrl.data.buffer import ReplayBuffer
 from mbrl.data.d4rl import D4RLDataset, check_dims, qlearning_view, to_transition_batch
 from mbrl.data.datasets import D4RL_DATASETS, get_dataset_spec, load_dataset, match_env
@@ -422,6 +422,12 @@ class OfflineModelBasedConfig:
         model_patience: epochs without improvement before the fit stops.
         model_max_epochs: cap on fit epochs (``None``: early stopping only).
         model_max_train_seconds: wall-clock cap on the fit (``None``: none).
+        load_dynamics: reuse the ensemble already fitted by another offline model-based
+            run (its run directory or one of its checkpoint files) instead of fitting one
+            (OfflineRL-Kit's ``--load-dynamics-path``): that run must have been trained on
+            the same dataset with the same ``num_members``/``model_*`` shape. Saves the fit
+            when several algorithms or seeds share a dataset; the run's own seed then no
+            longer varies the model (say so when reporting seeds).
         learning_rate: Adam step size of the critics (and of actor/α unless set).
         actor_learning_rate: actor step size (``None``: ``learning_rate``).
         alpha_learning_rate: temperature step size (``None``: ``learning_rate``).
@@ -452,6 +458,7 @@ class OfflineModelBasedConfig:
     model_patience: int = 5
     model_max_epochs: int | None = None
     model_max_train_seconds: float | None = None
+    load_dynamics: str | None = None
     learning_rate: float = 3e-4
     actor_learning_rate: float | None = None
     alpha_learning_rate: float | None = None
@@ -629,6 +636,10 @@ class ModelBasedOfflineAgent(OfflineAgent):
         if self.oracle is not None:
             self.prepared = True
             return {"model/oracle": 1.0}
+        if self.mcfg.load_dynamics is not None:
+            self.model_metrics = self._load_dynamics(self.mcfg.load_dynamics)
+            self.prepared = True
+            return dict(self.model_metrics)
         rows = self.data.model_rows
         if len(rows) < 2:
             raise MbrlError(
@@ -648,6 +659,49 @@ class ModelBasedOfflineAgent(OfflineAgent):
         }
         self.prepared = True
         return {**self.model_metrics, "time/model_fit_s": self.timers["model_fit_s"]}
+
+    def _load_dynamics(self, source: str) -> dict[str, float]:
+        """Load the fitted ensemble of another run (``agent.load_dynamics``); its metrics."""
+        path = Path(source).expanduser()
+        if path.is_dir():
+            ckpt = find_latest(path)
+            if ckpt is None:
+                raise MbrlError(
+                    f"agent.load_dynamics: '{source}' holds no checkpoint; give the run "
+                    "directory of a finished (or at least model-fitted) offline run."
+                )
+            run_dir = path
+        elif path.is_file():
+            ckpt, run_dir = path, path.parent.parent
+        else:
+            raise MbrlError(
+                f"agent.load_dynamics: '{source}' is neither a run directory nor a file."
+            )
+        state = load_checkpoint(ckpt, map_location=self.device)
+        agent_state = state.get("agent") if state.get("format") == CHECKPOINT_FORMAT else None
+        if not isinstance(agent_state, dict) or "model" not in agent_state:
+            raise MbrlError(
+                f"agent.load_dynamics: {ckpt} holds no fitted dynamics model (a run of mopo, "
+                "mobile or ravl that got past its model fit is needed)."
+            )
+        config_path = run_dir / "config.yaml"
+        if config_path.is_file():
+            theirs = load_yaml(config_path).get("run", {}).get("dataset")
+            if theirs is not None and not _same_dataset(str(theirs), self.data.source):
+                raise MbrlError(
+                    f"agent.load_dynamics: {run_dir} was trained on '{theirs}', this run on "
+                    f"'{self.data.source}'; a model only transfers between runs on one dataset."
+                )
+        try:
+            self.model.load_state_dict(agent_state["model"])
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[-1].strip()
+            raise MbrlError(
+                f"agent.load_dynamics: the model in {ckpt} does not fit this run's ensemble "
+                f"(num_members/model_* must match the run that fitted it): {first}"
+            ) from None
+        metrics = {k: float(v) for k, v in agent_state.get("model_metrics", {}).items()}
+        return {**metrics, "model/loaded": 1.0}
 
     def _policy(self, obs: Tensor) -> Tensor:
         """The current stochastic policy on model states: ``(b, O) -> (b, A)``."""
@@ -773,6 +827,14 @@ def oracle_rollout(
         obs = next_obs[alive]
     cols = [torch.cat(c) for c in zip(*parts, strict=True)]
     return TransitionBatch(*cols)
+
+
+def _same_dataset(a: str, b: str) -> bool:
+    """Two dataset sources name the same data (equal ids, or paths to the same file)."""
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.is_file() and pb.is_file() and pa.resolve() == pb.resolve()
 
 
 # -- the loop ----------------------------------------------------------------------------

@@ -473,3 +473,32 @@ def test_ravl_config_defaults_are_the_papers() -> None:
     assert (cfg.num_critics, cfg.eta, cfg.rollout_length, cfg.real_ratio) == (10, 1.0, 5, 0.05)
     assert cfg.real_rows == 12 and cfg.model_buffer_size == 50_000 * 5 * 5
     assert cfg.hidden_sizes == (256, 256, 256)
+
+
+def test_load_dynamics_reuses_a_fitted_model_without_refitting(
+    random_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """``--agent.load-dynamics RUN`` copies RUN's fitted ensemble and skips the fit."""
+    root = tmp_path / "runs"
+    assert main(offline_args("mopo", random_data, root, 20)) == 0
+    source = only_run(root, "mopo")
+    fitted = load_checkpoint(find_latest(source))["agent"]["model"]  # type: ignore[arg-type]
+    fits: list[int] = []
+    monkeypatch.setattr(ModelTrainer, "fit", lambda *a, **k: fits.append(1))
+    args = offline_args("ravl", random_data, root, 20, "--agent.load-dynamics", str(source))
+    assert main(args) == 0
+    assert not fits
+    loaded = load_checkpoint(find_latest(only_run(root, "ravl")))["agent"]["model"]  # type: ignore[arg-type]
+    assert fitted.keys() == loaded.keys()
+    assert all(torch.equal(fitted[k], loaded[k]) for k in fitted)
+    keys = {r["key"] for r in read_metrics(only_run(root, "ravl") / "metrics.csv")}
+    assert {"model/loaded", "model/holdout_mse"} <= keys
+    # another dataset, or a different ensemble shape, is refused by name
+    other = save_d4rl(collect(ENV, 200, None, seed=1), tmp_path / "other.hdf5")
+    bad = offline_args("mobile", other, tmp_path / "r2", 20, "--agent.load-dynamics", str(source))
+    assert main(bad) == 2
+    assert "only transfers between runs on one dataset" in capsys.readouterr().err
+    wide = offline_args("mobile", random_data, tmp_path / "r3", 20, "--agent.load-dynamics",
+                        str(source), "--agent.model-hidden-size", "8")  # fmt: skip
+    assert main(wide) == 2
+    assert "does not fit this run's ensemble" in capsys.readouterr().err

@@ -44,6 +44,17 @@ NON_SEMANTIC_FIELDS: frozenset[str] = frozenset(
         "agent.log_every",
     }
 )
+# Fields naming another run's artefact (per seed, so the paths differ between seeds):
+# whether one is set is part of the configuration, which run it names is not.
+SOURCE_FIELDS: frozenset[str] = frozenset({"agent.load_dynamics"})
+
+
+def _semantic(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without the non-semantic fields, source fields reduced to set/unset."""
+    out = {k: v for k, v in config.items() if k not in NON_SEMANTIC_FIELDS}
+    for key in SOURCE_FIELDS & out.keys():
+        out[key] = "<set>" if out[key] is not None else None
+    return out
 
 
 @dataclass
@@ -245,9 +256,7 @@ def label_variants(runs: list[Run], mixed: str = "split") -> None:
     for run in runs:
         groups[(run.agent, run.task)].append(run)
     for (agent, task), group in groups.items():
-        semantic = [
-            {k: v for k, v in r.config.items() if k not in NON_SEMANTIC_FIELDS} for r in group
-        ]
+        semantic = [_semantic(r.config) for r in group]
         keys = sorted(set().union(*semantic))
         differing = [k for k in keys if len({repr(s.get(k)) for s in semantic}) > 1]
         if differing and mixed == "error":
