@@ -256,15 +256,15 @@ def test_other_commands_run_dirs_are_ignored_and_cli_refuses_mixed(
     assert "different configs" in err and "Traceback" not in err
 
 
-def test_per_seed_model_sources_are_one_config_but_loaded_vs_fitted_differ(
-    tmp_path: Path,
-) -> None:
-    """``agent.load_dynamics`` names a different run per seed: only set/unset counts."""
+def test_runs_reusing_a_fitted_model_are_seeds_of_one_config(tmp_path: Path) -> None:
+    """``agent.load_dynamics`` (a different path per seed, or unset in the run that fitted
+    the model) does not split seeds; a real difference still does."""
     curve = [(100, 1.0), (200, 2.0)]
     for seed in (0, 1):
         cfg = {"lr": 0.001, "load_dynamics": f"/runs/mopo/{seed}-x"}
         write_run(tmp_path, "ravl", HOPPER, seed, curve, agent_cfg=cfg)
     write_run(tmp_path, "ravl", HOPPER, 2, curve, agent_cfg={"lr": 0.001, "load_dynamics": None})
+    write_run(tmp_path, "ravl", HOPPER, 0, curve, agent_cfg={"lr": 0.003}, name="-b")
     t = build_table([tmp_path], reps=10)
-    assert list(t.per_task["seeds"]) == [2, 1]
-    assert len(set(t.per_task["algorithm"])) == 2
+    assert list(t.per_task["seeds"]) == [3, 1]
+    assert list(t.per_task["algorithm"]) == ["ravl [lr=0.001]", "ravl [lr=0.003]"]

@@ -28,8 +28,9 @@ RETURN_KEY = "eval/return"
 
 # Config fields that do not change what a run computes or measures: where it is
 # written, how it is displayed, how many threads or which device runs it, how often
-# it is checkpointed or logs training scalars. Runs differing only in these (and in
-# the seed) are seeds of one configuration; any other difference makes a variant.
+# it is checkpointed or logs training scalars, which run's fitted model it reused. Runs
+# differing only in these (and in the seed) are seeds of one configuration; any other
+# difference makes a variant.
 NON_SEMANTIC_FIELDS: frozenset[str] = frozenset(
     {
         "run.seed",
@@ -42,19 +43,16 @@ NON_SEMANTIC_FIELDS: frozenset[str] = frozenset(
         "run.checkpoint_every",
         "run.keep_checkpoints",
         "agent.log_every",
+        # which run's fitted model was reused (a path per seed) is provenance: the model
+        # recipe itself is in the agent's model_* fields, which must match to load it
+        "agent.load_dynamics",
     }
 )
-# Fields naming another run's artefact (per seed, so the paths differ between seeds):
-# whether one is set is part of the configuration, which run it names is not.
-SOURCE_FIELDS: frozenset[str] = frozenset({"agent.load_dynamics"})
 
 
 def _semantic(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` without the non-semantic fields, source fields reduced to set/unset."""
-    out = {k: v for k, v in config.items() if k not in NON_SEMANTIC_FIELDS}
-    for key in SOURCE_FIELDS & out.keys():
-        out[key] = "<set>" if out[key] is not None else None
-    return out
+    """``config`` without the :data:`NON_SEMANTIC_FIELDS`."""
+    return {k: v for k, v in config.items() if k not in NON_SEMANTIC_FIELDS}
 
 
 @dataclass
