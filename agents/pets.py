@@ -67,6 +67,7 @@ from mbrl.models.seq_trainer import (
     windows_from_trajectories,
 )
 from mbrl.models.trainer import ModelTrainer, TrainerConfig
+from mbrl.models.transformer import TransformerConfig, TransformerModel
 from mbrl.online import OnlineAgent
 from mbrl.planners.base import Planner
 from mbrl.planners.cem import CEM, CEMConfig
@@ -77,7 +78,13 @@ from mbrl.train import RunContext, TrainConfig
 
 PLANNER_NAMES = ("cem", "icem", "mppi")
 PETS_PROPAGATIONS = ("fixed_member", "random_elite")
-PETS_MODELS = ("ensemble", "koopman")
+PETS_MODELS = ("ensemble", "koopman", "transformer")
+# sequence models (fitted on episode windows by SequenceTrainer): name -> (class, the
+# field of its config, ``PETSConfig.<name>``, that sets the training window length)
+SEQUENCE_MODELS: dict[str, tuple[Callable[..., Any], str]] = {
+    "koopman": (KoopmanModel, "horizon"),
+    "transformer": (TransformerModel, "context"),
+}
 PLANNER_SEED_OFFSET = 30_000  # the planners' generators never share a seed with resets
 EVAL_SEED_OFFSET = 40_000
 
@@ -89,11 +96,13 @@ class PETSConfig:
     Attributes:
         ensemble: the dynamics ensemble (PETS/MBPO: 7 members, 5 elites, 4×200 SiLU).
         trainer: how the ensemble is fitted after each episode.
-        model: the dynamics model: ``ensemble`` (PETS) or ``koopman`` (a deterministic
-            Koopman ensemble, :mod:`mbrl.models.koopman`, refitted on windows of the
-            stored episodes; TS∞ particles then differ only by member).
+        model: the dynamics model: ``ensemble`` (PETS), or a deterministic sequence-model
+            ensemble refitted on windows of the stored episodes (TS∞ particles then
+            differ only by member): ``koopman`` (:mod:`mbrl.models.koopman`) or
+            ``transformer`` (:mod:`mbrl.models.transformer`).
         koopman: the Koopman model's settings (``model=koopman``).
-        seq_trainer: how the Koopman model is fitted (``model=koopman``).
+        transformer: the transformer model's settings (``model=transformer``).
+        seq_trainer: how a sequence model is fitted (``model=koopman``/``transformer``).
         planner: ``cem`` (PETS), ``icem`` or ``mppi``; its settings are the matching
             field below (the other two are ignored).
         cem: CEM settings (PETS: 5 iterations, population 500, elite ratio 0.1, α 0.1).
@@ -113,6 +122,7 @@ class PETSConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     model: str = "ensemble"
     koopman: KoopmanConfig = field(default_factory=KoopmanConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
     seq_trainer: SequenceTrainerConfig = field(default_factory=SequenceTrainerConfig)
     planner: str = "cem"
     cem: CEMConfig = field(default_factory=CEMConfig)
@@ -200,12 +210,13 @@ class PETSAgent(OnlineAgent):
         self.learning_starts = a.learning_starts
         self.buffer_capacity = a.buffer_size
         self.log_every = a.log_every
-        self.model: ProbabilisticEnsemble | KoopmanModel
+        self.model: ProbabilisticEnsemble | KoopmanModel | TransformerModel
         self.trainer: ModelTrainer | SequenceTrainer
-        if a.model == "koopman":
-            self.model = KoopmanModel(self.obs_dim, self.act_dim, a.koopman).to(self.device)
+        if a.model in SEQUENCE_MODELS:
+            model_cls = SEQUENCE_MODELS[a.model][0]
+            seq_model = model_cls(self.obs_dim, self.act_dim, getattr(a, a.model)).to(self.device)
             seq_cfg = dataclasses.replace(a.seq_trainer, seed=a.seq_trainer.seed + cfg.run.seed)
-            self.trainer = SequenceTrainer(self.model, seq_cfg)
+            self.model, self.trainer = seq_model, SequenceTrainer(seq_model, seq_cfg)
         else:
             self.model = ProbabilisticEnsemble(self.obs_dim, self.act_dim, a.ensemble).to(
                 self.device
@@ -249,8 +260,10 @@ class PETSAgent(OnlineAgent):
         if isinstance(self.trainer, SequenceTrainer):
             # windows of the stored episodes, as long as the longest allows (early
             # episodes of a falling task are short)
+            a = self.cfg.agent
+            window = getattr(getattr(a, a.model), SEQUENCE_MODELS[a.model][1])
             episodes = list(buffer.episodes())
-            length = min(self.cfg.agent.koopman.horizon, max(len(e.obs) for e in episodes))
+            length = min(window, max(len(e.obs) for e in episodes))
             result: Any = self.trainer.fit(
                 windows_from_trajectories(episodes, length), progress=False
             )

@@ -7,12 +7,14 @@ the open-loop windows are unseen. Two reference rows put the numbers in context:
 ``copy-obs`` predicts no change (next_obs = obs) and ``linear`` is a least-squares
 linear model of Δobs fitted on the same training split.
 
-``koopman`` is fitted by :class:`~mbrl.models.seq_trainer.SequenceTrainer` on windows of
-``koopman.horizon`` steps cut from the training trajectories (early stopping on windows
-of the held-out ones is not used: those are kept unseen for scoring; the trainer holds
-out a share of the training windows). Its open-loop rows carry the latent from step to
-step (no re-encoding unless ``koopman.reencode_every``); the fit is not resumable (it
-restarts with ``--resume``).
+The sequence models ``koopman`` and ``transformer`` are fitted by
+:class:`~mbrl.models.seq_trainer.SequenceTrainer` on windows of ``koopman.horizon`` /
+``transformer.context`` steps cut from the training trajectories (early stopping on
+windows of the held-out ones is not used: those are kept unseen for scoring; the trainer
+holds out a share of the training windows). Their open-loop rows carry the state from
+step to step: the Koopman latent (no re-encoding unless ``koopman.reencode_every``), the
+transformer's KV-cached context of its own predictions. Their fits are not resumable
+(they restart with ``--resume``).
 """
 
 from __future__ import annotations
@@ -46,10 +48,12 @@ from mbrl.models.seq_trainer import (
     windows_from_trajectories,
 )
 from mbrl.models.trainer import ModelTrainer, TrainerConfig
+from mbrl.models.transformer import TransformerConfig, TransformerModel, transformer_step_fn
 from mbrl.rundir import MetricsLogger, RunDir, provenance
 from mbrl.train import resolve_device, seed_everything
 
-MODEL_KINDS = ("ensemble", "koopman")
+MODEL_KINDS = ("ensemble", "koopman", "transformer")
+SEQUENCE_MODEL_KINDS = ("koopman", "transformer")
 
 
 @dataclass
@@ -66,7 +70,8 @@ class ModelEvalConfig:
         ensemble: the probabilistic ensemble's hyperparameters.
         trainer: the model trainer's hyperparameters.
         koopman: the Koopman model's hyperparameters (``models`` must name it).
-        seq_trainer: the sequence trainer's hyperparameters (Koopman).
+        transformer: the transformer model's hyperparameters (``models`` must name it).
+        seq_trainer: the sequence trainer's hyperparameters (Koopman, transformer).
     """
 
     models: tuple[str, ...] = ("ensemble",)
@@ -77,6 +82,7 @@ class ModelEvalConfig:
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     koopman: KoopmanConfig = field(default_factory=KoopmanConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
     seq_trainer: SequenceTrainerConfig = field(default_factory=SequenceTrainerConfig)
 
     def __post_init__(self) -> None:
@@ -225,9 +231,9 @@ def model_eval(
         }
         fit_info: dict[str, Any] = {}
         for name in ev.models:
-            if name == "koopman":
-                fit_info[name], step_fns[name] = _fit_koopman(
-                    ds.obs_dim, ds.act_dim, ev, train_eps, device, logger.log, run.progress
+            if name in SEQUENCE_MODEL_KINDS:
+                fit_info[name], step_fns[name] = _fit_sequence_model(
+                    name, ds.obs_dim, ds.act_dim, ev, train_eps, device, logger.log, run.progress
                 )
                 continue
             model = ProbabilisticEnsemble(ds.obs_dim, ds.act_dim, ev.ensemble).to(device)
@@ -303,7 +309,8 @@ def model_eval(
     return run_dir
 
 
-def _fit_koopman(
+def _fit_sequence_model(
+    name: str,
     obs_dim: int,
     act_dim: int,
     ev: ModelEvalConfig,
@@ -312,14 +319,21 @@ def _fit_koopman(
     log_fn: Any,
     progress: bool,
 ) -> tuple[dict[str, Any], StepFn]:
-    """Fit a :class:`KoopmanModel` on windows of the training trajectories."""
-    windows = windows_from_trajectories(train_eps, ev.koopman.horizon)
+    """Fit a :class:`KoopmanModel` or :class:`TransformerModel` (``name``) on windows of
+    the training trajectories."""
+    field_name = "horizon" if name == "koopman" else "context"
+    length = getattr(getattr(ev, name), field_name)
+    windows = windows_from_trajectories(train_eps, length)
     if len(windows) == 0:
         raise MbrlError(
-            f"no training trajectory has koopman.horizon={ev.koopman.horizon} steps; "
-            "use a shorter --eval.koopman.horizon or longer episodes."
+            f"no training trajectory has {name}.{field_name}={length} steps; "
+            f"use a shorter --eval.{name}.{field_name} or longer episodes."
         )
-    model = KoopmanModel(obs_dim, act_dim, ev.koopman).to(device)
+    model: KoopmanModel | TransformerModel
+    if name == "koopman":
+        model = KoopmanModel(obs_dim, act_dim, ev.koopman).to(device)
+    else:
+        model = TransformerModel(obs_dim, act_dim, ev.transformer).to(device)
     t0 = time.perf_counter()
     fit = SequenceTrainer(model, ev.seq_trainer).fit(windows, log_fn=log_fn, progress=progress)
     model.eval()
@@ -331,7 +345,9 @@ def _fit_koopman(
         "elite_idx": fit.elite_idx,
         "windows": len(windows),
     }
-    return info, koopman_step_fn(model, ev.koopman.reencode_every)
+    if isinstance(model, KoopmanModel):
+        return info, koopman_step_fn(model, ev.koopman.reencode_every)
+    return info, transformer_step_fn(model)
 
 
 __all__ = ["ModelEvalConfig", "ModelEvalRun", "model_eval", "split_trajectories"]

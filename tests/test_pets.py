@@ -213,7 +213,7 @@ def test_koopman_model_plugs_into_pets(tmp_path: Path) -> None:
     other.load_state_dict(state)
     np.testing.assert_array_equal(agent.act(obs), other.act(obs))
     with pytest.raises(MbrlError, match="model"):
-        small_config(model="transformer")
+        small_config(model="diffuser")
 
 
 def _windows(buffer: ReplayBuffer, length: int) -> tuple[torch.Tensor, ...]:

@@ -1,8 +1,9 @@
 """Fitting a sequence dynamics model (an ensemble of members) on trajectory windows.
 
 :class:`~mbrl.models.trainer.ModelTrainer` trains on single transitions; sequence models
-(:class:`~mbrl.models.koopman.KoopmanModel`, later a transformer) train on windows of
-``L`` consecutive steps of one episode. This trainer follows the same recipe as the
+(:class:`~mbrl.models.koopman.KoopmanModel`,
+:class:`~mbrl.models.transformer.TransformerModel`) train on windows of ``L`` consecutive
+steps of one episode. This trainer follows the same recipe as the
 transition trainer where it carries over (MBPO/PETS, see :mod:`mbrl.models.trainer`):
 
     * a holdout set (20% of the windows, at most ``max_holdout``; or windows cut from
