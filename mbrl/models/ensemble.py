@@ -67,6 +67,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mbrl.errors import MbrlError, unknown_name
+from mbrl.models.members import MemberEnsemble
 from mbrl.models.normalizer import Normalizer
 from mbrl.registry import MODELS
 
@@ -145,7 +146,7 @@ def _soft_bound(logvar: Tensor, max_logvar: Tensor, min_logvar: Tensor) -> Tenso
     config=EnsembleConfig,
     description="probabilistic MLP ensemble over (Δobs, rew) (PETS, Chua et al. 2018; MBPO)",
 )
-class ProbabilisticEnsemble(nn.Module):
+class ProbabilisticEnsemble(MemberEnsemble):
     """Ensemble of ``E`` Gaussian MLPs predicting ``(Δobs, rew[, termination logit])``.
 
     Args:
@@ -159,6 +160,7 @@ class ProbabilisticEnsemble(nn.Module):
         elite_idx: ``(num_elites,)`` long buffer, the members used for rollouts.
     """
 
+    kind = "ensemble"
     elite_idx: Tensor
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: EnsembleConfig | None = None) -> None:
@@ -220,10 +222,6 @@ class ProbabilisticEnsemble(nn.Module):
             self.num_prior_layers = len(prior_sizes) - 1
 
     # -- data helpers ------------------------------------------------------------------
-    @property
-    def num_elites(self) -> int:
-        return int(self.elite_idx.numel())
-
     @property
     def device(self) -> torch.device:
         return self.weights[0].device
@@ -401,35 +399,6 @@ class ProbabilisticEnsemble(nn.Module):
         mean, _ = self.predict(obs, act)
         g = self.num_gauss
         return (mean[..., :g] - targets[..., :g]).square().mean(dim=(-2, -1))
-
-    # -- member bookkeeping -------------------------------------------------------------
-    def member_state(self, i: int) -> dict[str, Tensor]:
-        """Cloned parameters of member ``i`` (for per-member best snapshots)."""
-        return {name: p[i].detach().clone() for name, p in self.named_parameters()}
-
-    @torch.no_grad()
-    def load_member_state(self, i: int, state: dict[str, Tensor]) -> None:
-        """Write a :meth:`member_state` snapshot back into member ``i``."""
-        params = dict(self.named_parameters())
-        if set(state) != set(params):
-            raise MbrlError(
-                f"member state has keys {sorted(state)}, this ensemble expects {sorted(params)}."
-            )
-        for name, value in state.items():
-            params[name][i].copy_(value)
-
-    @torch.no_grad()
-    def set_elites(self, idx: Tensor | Sequence[int]) -> None:
-        """Choose the elite members (e.g. the lowest holdout MSE). Any count >= 1 works."""
-        t = torch.as_tensor(idx, dtype=torch.long).flatten()
-        if t.numel() == 0 or int(t.min()) < 0 or int(t.max()) >= self.num_members:
-            raise MbrlError(
-                f"elite indices must be a non-empty subset of 0..{self.num_members - 1}, "
-                f"got {t.tolist()}."
-            )
-        if t.unique().numel() != t.numel():
-            raise MbrlError(f"elite indices must be distinct, got {t.tolist()}.")
-        self.elite_idx = t.to(self.elite_idx.device)
 
     # -- rollout path: one member per row -----------------------------------------------
     @torch.no_grad()

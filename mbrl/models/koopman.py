@@ -92,13 +92,13 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mbrl.errors import MbrlError, unknown_name
+from mbrl.models.members import MemberEnsemble, grouped_apply
 from mbrl.models.normalizer import Normalizer
 from mbrl.registry import MODELS
 
@@ -256,7 +256,7 @@ def _powers(log_lam: Tensor, first: int, count: int) -> Tensor:
     description="ensemble of Koopman models: diagonal complex linear latent dynamics, "
     "parallel unroll (Mondal et al. 2024)",
 )
-class KoopmanModel(nn.Module):
+class KoopmanModel(MemberEnsemble):
     """Ensemble of ``E`` deterministic Koopman dynamics models.
 
     Args:
@@ -272,6 +272,7 @@ class KoopmanModel(nn.Module):
         rho, theta: ``(E, m)`` eigenvalue parameters (``λ = exp(−softplus(ρ) + iθ)``).
     """
 
+    kind = "koopman model"
     elite_idx: Tensor
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: KoopmanConfig | None = None) -> None:
@@ -309,10 +310,6 @@ class KoopmanModel(nn.Module):
 
     # -- basics --------------------------------------------------------------------------
     @property
-    def num_elites(self) -> int:
-        return int(self.elite_idx.numel())
-
-    @property
     def device(self) -> torch.device:
         return self.rho.device
 
@@ -330,17 +327,6 @@ class KoopmanModel(nn.Module):
         self.obs_normalizer.fit(obs.reshape(-1, self.obs_dim))
         self.act_normalizer.fit(act.reshape(-1, self.act_dim))
         self.rew_normalizer.fit(rew.reshape(-1, 1))
-
-    def _members(self, x: Tensor, ndim: int, what: str) -> Tensor:
-        """Broadcast ``x`` without a member axis (``ndim`` dims) to ``(E, ...)``."""
-        if x.ndim == ndim:
-            return x.unsqueeze(0).expand(self.num_members, *x.shape)
-        if x.ndim == ndim + 1 and x.shape[0] == self.num_members:
-            return x
-        raise MbrlError(
-            f"koopman model: {what} must have {ndim} dims (shared by all members) or "
-            f"{ndim + 1} with E={self.num_members} first, got shape {tuple(x.shape)}."
-        )
 
     # -- encoders / decoders (member=None: x has a leading E axis) ------------------------
     def encode(self, obs: Tensor, member: int | None = None) -> Tensor:
@@ -516,44 +502,6 @@ class KoopmanModel(nn.Module):
         reward = (self._decode_rew_norm(z, act) - r).square()
         return state.mean(dim=(1, 2, 3)) + reward.mean(dim=(1, 2))
 
-    # -- member bookkeeping -------------------------------------------------------------------
-    def member_state(self, i: int) -> dict[str, Tensor]:
-        """Cloned parameters of member ``i`` (for per-member best snapshots)."""
-        return {name: p[i].detach().clone() for name, p in self.named_parameters()}
-
-    @torch.no_grad()
-    def load_member_state(self, i: int, state: dict[str, Tensor]) -> None:
-        """Write a :meth:`member_state` snapshot back into member ``i``."""
-        params = dict(self.named_parameters())
-        if set(state) != set(params):
-            raise MbrlError(
-                f"member state has keys {sorted(state)}, this model expects {sorted(params)}."
-            )
-        for name, value in state.items():
-            params[name][i].copy_(value)
-
-    @torch.no_grad()
-    def set_elites(self, idx: Tensor | Sequence[int]) -> None:
-        """Choose the elite members (distinct indices, at least one)."""
-        t = torch.as_tensor(idx, dtype=torch.long).flatten()
-        if t.numel() == 0 or int(t.min()) < 0 or int(t.max()) >= self.num_members:
-            raise MbrlError(
-                f"elite indices must be a non-empty subset of 0..{self.num_members - 1}, "
-                f"got {t.tolist()}."
-            )
-        if t.unique().numel() != t.numel():
-            raise MbrlError(f"elite indices must be distinct, got {t.tolist()}.")
-        self.elite_idx = t.to(self.elite_idx.device)
-
-    def _load_from_state_dict(
-        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
-    ) -> None:
-        # the elite count is chosen by the trainer: take the saved one's size
-        saved = state_dict.get(prefix + "elite_idx")
-        if isinstance(saved, Tensor):
-            self.elite_idx = torch.empty_like(saved, device=self.elite_idx.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     # -- one-step interface (RolloutModel) -----------------------------------------------
     @torch.no_grad()
     def predict(self, obs: Tensor, act: Tensor) -> tuple[Tensor, None]:
@@ -595,34 +543,18 @@ class KoopmanModel(nn.Module):
         Returns:
             ``(N, O + 1)`` raw ``(Δobs, rew)`` row-aligned with the inputs, and ``None``.
         """
-        N = obs.shape[0]
-        if len(counts) != self.num_members or sum(counts) != N:
-            raise MbrlError(
-                f"predict_grouped needs {self.num_members} counts summing to N={N}, "
-                f"got {list(counts)}."
-            )
         dtype = self.rho.dtype
-        obs, act = obs.to(dtype), act.to(dtype)
-        result = torch.empty(N, self.out_dim, device=obs.device, dtype=dtype)
         lam = self.eigenvalues()
-        start = 0
-        for e, n in enumerate(counts):
-            if n == 0:
-                continue
-            idx = None if order is None else order[start : start + n]
-            xo = obs[start : start + n] if idx is None else obs.index_select(0, idx)
-            xa = act[start : start + n] if idx is None else act.index_select(0, idx)
+
+        def member_step(e: int, xo: Tensor, xa: Tensor) -> Tensor:
             z_next = lam[e] * self.encode(xo, e) + self.encode_action(xa, e)
-            rows = torch.cat(
-                [self.decode_obs(z_next, e) - xo, self.decode_reward(z_next, xa, e).unsqueeze(-1)],
-                dim=-1,
-            )
-            if idx is None:
-                result[start : start + n] = rows
-            else:
-                result.index_copy_(0, idx, rows)
-            start += n
-        return result, None
+            reward = self.decode_reward(z_next, xa, e).unsqueeze(-1)
+            return torch.cat([self.decode_obs(z_next, e) - xo, reward], dim=-1)
+
+        out = grouped_apply(
+            obs.to(dtype), act.to(dtype), counts, order, self.num_members, self.out_dim, member_step
+        )
+        return out, None
 
 
 def koopman_step_fn(

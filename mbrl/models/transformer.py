@@ -108,6 +108,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mbrl.errors import MbrlError, unknown_name
+from mbrl.models.members import MemberEnsemble, grouped_apply
 from mbrl.models.normalizer import Normalizer
 from mbrl.registry import MODELS
 
@@ -265,7 +266,7 @@ class _Block(nn.Module):
     description="ensemble of causal transformers over (obs, act) steps, KV-cached rollouts "
     "(TDM: Schubert et al. 2023)",
 )
-class TransformerModel(nn.Module):
+class TransformerModel(MemberEnsemble):
     """Ensemble of ``E`` deterministic causal-transformer dynamics models.
 
     Args:
@@ -281,6 +282,7 @@ class TransformerModel(nn.Module):
         tokens_per_step: ``1`` (per_step) or ``O + A`` (per_dim).
     """
 
+    kind = "transformer model"
     elite_idx: Tensor
     centers: Tensor  # per_dim: (num_bins,) bin centers of the standardized values
 
@@ -330,10 +332,6 @@ class TransformerModel(nn.Module):
 
     # -- basics ----------------------------------------------------------------------------
     @property
-    def num_elites(self) -> int:
-        return int(self.elite_idx.numel())
-
-    @property
     def device(self) -> torch.device:
         return self.pos_emb.device
 
@@ -358,17 +356,6 @@ class TransformerModel(nn.Module):
         else:
             self.delta_normalizer.mean.zero_()
             self.delta_normalizer.std.copy_(self.obs_normalizer.std)
-
-    def _members(self, x: Tensor, ndim: int, what: str) -> Tensor:
-        """Broadcast ``x`` without a member axis (``ndim`` dims) to ``(E, ...)``."""
-        if x.ndim == ndim:
-            return x.unsqueeze(0).expand(self.num_members, *x.shape)
-        if x.ndim == ndim + 1 and x.shape[0] == self.num_members:
-            return x
-        raise MbrlError(
-            f"transformer model: {what} must have {ndim} dims (shared by all members) or "
-            f"{ndim + 1} with E={self.num_members} first, got shape {tuple(x.shape)}."
-        )
 
     # -- tokens ----------------------------------------------------------------------------
     def _to_bins(self, z: Tensor) -> Tensor:
@@ -631,44 +618,6 @@ class TransformerModel(nn.Module):
             )
         return torch.stack([o for o, _ in outs], 2), torch.stack([r for _, r in outs], 2)
 
-    # -- member bookkeeping ------------------------------------------------------------------
-    def member_state(self, i: int) -> dict[str, Tensor]:
-        """Cloned parameters of member ``i`` (for per-member best snapshots)."""
-        return {name: p[i].detach().clone() for name, p in self.named_parameters()}
-
-    @torch.no_grad()
-    def load_member_state(self, i: int, state: dict[str, Tensor]) -> None:
-        """Write a :meth:`member_state` snapshot back into member ``i``."""
-        params = dict(self.named_parameters())
-        if set(state) != set(params):
-            raise MbrlError(
-                f"member state has keys {sorted(state)}, this model expects {sorted(params)}."
-            )
-        for name, value in state.items():
-            params[name][i].copy_(value)
-
-    @torch.no_grad()
-    def set_elites(self, idx: Tensor | Sequence[int]) -> None:
-        """Choose the elite members (distinct indices, at least one)."""
-        t = torch.as_tensor(idx, dtype=torch.long).flatten()
-        if t.numel() == 0 or int(t.min()) < 0 or int(t.max()) >= self.num_members:
-            raise MbrlError(
-                f"elite indices must be a non-empty subset of 0..{self.num_members - 1}, "
-                f"got {t.tolist()}."
-            )
-        if t.unique().numel() != t.numel():
-            raise MbrlError(f"elite indices must be distinct, got {t.tolist()}.")
-        self.elite_idx = t.to(self.elite_idx.device)
-
-    def _load_from_state_dict(
-        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
-    ) -> None:
-        # the elite count is chosen by the trainer: take the saved one's size
-        saved = state_dict.get(prefix + "elite_idx")
-        if isinstance(saved, Tensor):
-            self.elite_idx = torch.empty_like(saved, device=self.elite_idx.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     # -- one-step interface (RolloutModel) -------------------------------------------------
     @torch.no_grad()
     def predict(self, obs: Tensor, act: Tensor) -> tuple[Tensor, None]:
@@ -702,29 +651,14 @@ class TransformerModel(nn.Module):
         Returns:
             ``(N, O + 1)`` raw ``(Δobs, rew)`` row-aligned with the inputs, and ``None``.
         """
-        N = obs.shape[0]
-        if len(counts) != self.num_members or sum(counts) != N:
-            raise MbrlError(
-                f"predict_grouped needs {self.num_members} counts summing to N={N}, "
-                f"got {list(counts)}."
-            )
-        obs, act = obs.to(self.dtype), act.to(self.dtype)
-        result = torch.empty(N, self.out_dim, device=obs.device, dtype=self.dtype)
-        start = 0
-        for e, n in enumerate(counts):
-            if n == 0:
-                continue
-            idx = None if order is None else order[start : start + n]
-            xo = obs[start : start + n] if idx is None else obs.index_select(0, idx)
-            xa = act[start : start + n] if idx is None else act.index_select(0, idx)
+
+        def member_step(e: int, xo: Tensor, xa: Tensor) -> Tensor:
             nobs, rew = TransformerRollout(self, xo[None], e, horizon=1).step(xa[None])
-            rows = torch.cat([nobs[0] - xo, rew[0].unsqueeze(-1)], dim=-1)
-            if idx is None:
-                result[start : start + n] = rows
-            else:
-                result.index_copy_(0, idx, rows)
-            start += n
-        return result, None
+            return torch.cat([nobs[0] - xo, rew[0].unsqueeze(-1)], dim=-1)
+
+        obs, act = obs.to(self.dtype), act.to(self.dtype)
+        out = grouped_apply(obs, act, counts, order, self.num_members, self.out_dim, member_step)
+        return out, None
 
 
 class TransformerRollout:
