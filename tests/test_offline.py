@@ -435,6 +435,11 @@ def test_run_killed_during_the_model_fit_resumes_the_fit(
     (state,) = resumed_from  # the fit continued from its epoch-3 state, not from scratch
     assert state is not None and state["epoch"] == 3
     assert_same_run(full_run, run_dir)
+    # the fit's time counts the part before the kill too
+    fit_s = [
+        r["value"] for r in read_metrics(run_dir / "metrics.csv") if r["key"] == "time/model_fit_s"
+    ]
+    assert fit_s and fit_s[0] >= state["elapsed"] > 0
 
 
 # -- learning check ----------------------------------------------------------------------------
