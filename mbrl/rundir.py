@@ -126,13 +126,15 @@ class MetricsLogger:
     def __init__(self, run_dir: RunDir, tensorboard: bool = True) -> None:
         self.path = run_dir.metrics_path
         self._offset = 0.0
-        new = not self.path.exists()
+        # an empty file is new too: a run killed before its first row left only that
+        new = not self.path.exists() or self.path.stat().st_size == 0
         if not new:
             self._offset = _last_wall_time(self.path)
         self._file = self.path.open("a", newline="")
         self._csv = csv.writer(self._file)
         if new:
             self._csv.writerow(METRICS_HEADER)
+            self._file.flush()  # on disk now, whether or not a row ever follows
         self._start = time.perf_counter()
         self._tb: Any = None
         if tensorboard:

@@ -48,6 +48,18 @@ def test_metrics_long_format_and_resume(tmp_path: Path) -> None:
     assert run.metrics_path.read_text().count("step,wall_time,key,value") == 1
 
 
+def test_a_run_killed_before_its_first_row_resumes_with_a_header(tmp_path: Path) -> None:
+    """The header is on disk at once, and an empty file left by older versions gets one."""
+    run = RunDir.create(tmp_path, "env", "agent", 0)
+    log = MetricsLogger(run, tensorboard=False)  # killed before logging anything
+    assert run.metrics_path.read_text().strip() == "step,wall_time,key,value"
+    log.close()
+    run.metrics_path.write_text("")  # what a kill before the first flush used to leave
+    with MetricsLogger(run, tensorboard=False) as log:
+        log.log(5, {"eval/return": 1.0})
+    assert [(r["step"], r["value"]) for r in read_metrics(run.metrics_path)] == [(5, 1.0)]
+
+
 def test_summary_round_trip(tmp_path: Path) -> None:
     run = RunDir.create(tmp_path, "env", "agent", 0)
     assert run.read_summary() is None
