@@ -47,9 +47,8 @@ from mbrl.checkpoint import find_latest, load_checkpoint
 from mbrl.config import RunConfig, from_dict, load_preset
 from mbrl.data.d4rl import D4RLDataset, save_d4rl
 from mbrl.errors import MbrlError
-from mbrl.offline import _NoLogger
 from mbrl.rundir import MetricsLogger, RunDir, cpu_model, git_commit, script_command
-from mbrl.train import RunContext, TrainConfig, load_run_config
+from mbrl.train import NullLogger, RunContext, TrainConfig, load_run_config
 
 TASKS = {"halfcheetah": ("HalfCheetah-v4", 17, 6), "hopper": ("Hopper-v4", 11, 3)}
 
@@ -77,7 +76,7 @@ def build_agent(preset: str, data: Path, run_dir: Path, **overrides: Any) -> Dif
     cfg = TrainConfig(agent=agent_cfg, run=RunConfig(dataset=str(data), seed=0))
     ctx = RunContext(
         run_dir=RunDir(run_dir),
-        logger=cast(MetricsLogger, _NoLogger()),
+        logger=cast(MetricsLogger, NullLogger()),
         device=torch.device("cpu"),
     )
     return DiffuserAgent(cfg, ctx)
@@ -147,7 +146,7 @@ def bench_run(run_path: Path, steps: list[int], episodes: int) -> dict[str, Any]
         raise MbrlError(f"{run_dir.path} holds no checkpoint; train it first.")
     state = load_checkpoint(ckpt, map_location="cpu")
     ctx = RunContext(
-        run_dir=run_dir, logger=cast(MetricsLogger, _NoLogger()), device=torch.device("cpu")
+        run_dir=run_dir, logger=cast(MetricsLogger, NullLogger()), device=torch.device("cpu")
     )
     rows: list[dict[str, Any]] = []
     agent: DiffuserAgent | None = None

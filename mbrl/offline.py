@@ -75,7 +75,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,8 +97,8 @@ from mbrl.models.ensemble import EnsembleConfig, ProbabilisticEnsemble
 from mbrl.models.model_env import ModelEnv
 from mbrl.models.oracle import OracleDynamics
 from mbrl.models.trainer import ModelTrainer, TrainerConfig
-from mbrl.rundir import MetricsLogger, RunDir
-from mbrl.train import RunContext, TrainConfig, load_run_config, saved_agent_name
+from mbrl.rundir import RunDir
+from mbrl.train import RunContext, TrainConfig, eval_setup
 from mbrl.types import TransitionBatch
 
 CHECKPOINT_FORMAT = "offline-1"
@@ -266,15 +266,6 @@ def concat_batches(a: TransitionBatch, b: TransitionBatch) -> TransitionBatch:
 
 
 # -- agents ------------------------------------------------------------------------------
-class _NoLogger:
-    """Stands in for the metrics logger when an agent is only built to be evaluated."""
-
-    wall_time = 0.0
-
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        return None
-
-
 class OfflineAgent(ABC):
     """Base class of agents trained by :func:`run_offline` on ``run.dataset``.
 
@@ -376,28 +367,14 @@ class OfflineAgent(ABC):
         cls, run_dir: RunDir, episodes: int, video: bool, device: str
     ) -> dict[str, float]:
         """Re-evaluate the latest checkpoint of ``run_dir`` (used by ``mbrl eval``)."""
-        from mbrl.registry import AGENTS
-
-        config_cls = AGENTS.get(saved_agent_name(run_dir)).config
-        if config_cls is None:
-            raise MbrlError(f"agent of {run_dir} was registered without a config class.")
-        cfg = load_run_config(run_dir, config_cls)
-        ckpt = find_latest(run_dir.path)
-        if ckpt is None:
+        setup = eval_setup(run_dir, device, unit="updates")
+        if setup.state.get("phase") != "train":
             raise MbrlError(
-                f"{run_dir.checkpoint_dir} holds no checkpoint to evaluate; let the run "
-                "finish or train longer than run.checkpoint_every updates."
+                f"{setup.checkpoint} was written before training started; nothing to evaluate."
             )
-        state = load_checkpoint(ckpt, map_location=device)
-        if state.get("phase") != "train":
-            raise MbrlError(f"{ckpt} was written before training started; nothing to evaluate.")
-        ctx = RunContext(
-            run_dir=run_dir, logger=cast(MetricsLogger, _NoLogger()), device=torch.device(device)
-        )
-        agent = cls(cfg, ctx)
-        agent.load_state_dict(state["agent"])
-        video_path = run_dir.path / "videos" / f"{ckpt.stem}.mp4" if video else None
-        return agent.evaluate(episodes=episodes, video=video_path)
+        agent = cls(setup.cfg, setup.ctx)
+        agent.load_state_dict(setup.state["agent"])
+        return agent.evaluate(episodes=episodes, video=setup.video_path(video))
 
 
 # -- model-based offline agents ----------------------------------------------------------

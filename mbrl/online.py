@@ -39,7 +39,7 @@ from __future__ import annotations
 import time
 import warnings
 from abc import ABC, abstractmethod
-from typing import Any, cast
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -52,8 +52,8 @@ from mbrl.data.buffer import ReplayBuffer
 from mbrl.envs import flat_dim, get_env_spec
 from mbrl.errors import MbrlError
 from mbrl.evaluation import evaluate_policy
-from mbrl.rundir import MetricsLogger, RunDir
-from mbrl.train import RunContext, TrainConfig, load_run_config, saved_agent_name
+from mbrl.rundir import RunDir
+from mbrl.train import RunContext, TrainConfig, eval_setup
 
 ACTION_SEED_OFFSET = 20_000  # the warm-up action generator never shares a seed with resets
 CHECKPOINT_FORMAT = 1
@@ -107,15 +107,6 @@ class UniformActions:
         }
         self._actions = state["actions"].cpu().numpy().astype(np.float32)
         self._pos = int(state["pos"])
-
-
-class _NoLogger:
-    """Stands in for the metrics logger when an agent is only built to be evaluated."""
-
-    wall_time = 0.0
-
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        return None
 
 
 class OnlineAgent(ABC):
@@ -200,27 +191,10 @@ class OnlineAgent(ABC):
         cls, run_dir: RunDir, episodes: int, video: bool, device: str
     ) -> dict[str, float]:
         """Re-evaluate the latest checkpoint of ``run_dir`` (used by ``mbrl eval``)."""
-        from mbrl.registry import AGENTS
-
-        config_cls = AGENTS.get(saved_agent_name(run_dir)).config
-        if config_cls is None:
-            raise MbrlError(f"agent of {run_dir} was registered without a config class.")
-        cfg = load_run_config(run_dir, config_cls)
-        ckpt = find_latest(run_dir.path)
-        if ckpt is None:
-            raise MbrlError(
-                f"{run_dir.checkpoint_dir} holds no checkpoint to evaluate; train longer "
-                "than run.checkpoint_every steps or let the run finish."
-            )
-        ctx = RunContext(
-            run_dir=run_dir,
-            logger=cast(MetricsLogger, _NoLogger()),
-            device=torch.device(device),
-        )
-        agent = cls(cfg, ctx)
-        agent.load_state_dict(load_checkpoint(ckpt, map_location=device)["agent"])
-        video_path = run_dir.path / "videos" / f"{ckpt.stem}.mp4" if video else None
-        return agent.evaluate(episodes=episodes, video=video_path)
+        setup = eval_setup(run_dir, device, unit="steps")
+        agent = cls(setup.cfg, setup.ctx)
+        agent.load_state_dict(setup.state["agent"])
+        return agent.evaluate(episodes=episodes, video=setup.video_path(video))
 
 
 def run_online(agent: OnlineAgent) -> dict[str, float]:

@@ -13,7 +13,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import numpy as np
 import torch
@@ -43,6 +43,54 @@ class RunContext:
     logger: MetricsLogger
     device: torch.device
     resumed: bool = False
+
+
+class NullLogger:
+    """Stands in for the metrics logger when an agent is only built to be evaluated."""
+
+    wall_time = 0.0
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+@dataclass
+class EvalSetup:
+    """What re-evaluating a run's latest checkpoint needs (:func:`eval_setup`)."""
+
+    cfg: TrainConfig[Any]
+    ctx: RunContext
+    checkpoint: Path
+    state: dict[str, Any]
+
+    def video_path(self, video: bool) -> Path | None:
+        """``<run>/videos/<checkpoint>.mp4`` when a video is asked for."""
+        return self.ctx.run_dir.path / "videos" / f"{self.checkpoint.stem}.mp4" if video else None
+
+
+def eval_setup(run_dir: RunDir, device: str, unit: str = "steps") -> EvalSetup:
+    """The saved config, a logger-less context and the latest checkpoint of ``run_dir``
+    (used by the agents' ``evaluate_run``, i.e. ``mbrl eval``); ``unit`` names what
+    ``run.checkpoint_every`` counts, for the message when there is no checkpoint."""
+    from mbrl.checkpoint import find_latest, load_checkpoint
+
+    config_cls = AGENTS.get(saved_agent_name(run_dir)).config
+    if config_cls is None:
+        raise MbrlError(f"agent of {run_dir} was registered without a config class.")
+    cfg = load_run_config(run_dir, config_cls)
+    ckpt = find_latest(run_dir.path)
+    if ckpt is None:
+        raise MbrlError(
+            f"{run_dir.checkpoint_dir} holds no checkpoint to evaluate; let the run finish "
+            f"or train longer than run.checkpoint_every {unit}."
+        )
+    ctx = RunContext(
+        run_dir=run_dir, logger=cast(MetricsLogger, NullLogger()), device=torch.device(device)
+    )
+    return EvalSetup(cfg, ctx, ckpt, load_checkpoint(ckpt, map_location=device))
 
 
 class Agent(Protocol):

@@ -31,9 +31,8 @@ from mbrl.config import RunConfig
 from mbrl.data.d4rl import D4RLDataset, save_d4rl
 from mbrl.errors import MbrlError
 from mbrl.models.diffusion import TemporalUNet, ValueNet
-from mbrl.offline import _NoLogger
 from mbrl.rundir import MetricsLogger, RunDir, read_metrics
-from mbrl.train import RunContext, TrainConfig
+from mbrl.train import NullLogger, RunContext, TrainConfig
 
 torch.set_num_threads(1)
 
@@ -53,7 +52,7 @@ def make_agent(data: Path, tmp: Path, **agent: Any) -> DiffuserAgent:
         run=RunConfig(dataset=str(data), seed=0),
     )
     ctx = RunContext(
-        run_dir=RunDir(tmp), logger=cast(MetricsLogger, _NoLogger()), device=torch.device("cpu")
+        run_dir=RunDir(tmp), logger=cast(MetricsLogger, NullLogger()), device=torch.device("cpu")
     )
     return DiffuserAgent(cfg, ctx)
 
