@@ -85,8 +85,19 @@ SEQUENCE_MODELS: dict[str, tuple[Callable[..., Any], str]] = {
     "koopman": (KoopmanModel, "horizon"),
     "transformer": (TransformerModel, "context"),
 }
+# a sequence-model refit needs a few windows for its train/holdout split
+MIN_WINDOWS = 10
 PLANNER_SEED_OFFSET = 30_000  # the planners' generators never share a seed with resets
 EVAL_SEED_OFFSET = 40_000
+
+
+def window_length(episode_lengths: list[int], window: int, min_windows: int) -> int:
+    """The longest window ``L <= window`` for which the episodes give at least
+    ``min_windows`` windows (``Σ max(0, T − L + 1)``), or 1 if none does."""
+    for length in range(min(window, max(episode_lengths, default=1)), 0, -1):
+        if sum(max(0, t - length + 1) for t in episode_lengths) >= min_windows:
+            return length
+    return 1
 
 
 @dataclass
@@ -258,12 +269,12 @@ class PETSAgent(OnlineAgent):
     def fit_model(self, step: int, buffer: ReplayBuffer) -> dict[str, float]:
         """Refit the ensemble on every transition in ``buffer``; logs and returns metrics."""
         if isinstance(self.trainer, SequenceTrainer):
-            # windows of the stored episodes, as long as the longest allows (early
-            # episodes of a falling task are short)
+            # windows of the stored episodes: the model's length, shortened while early
+            # episodes are too short (a falling task) to give MIN_WINDOWS windows
             a = self.cfg.agent
             window = getattr(getattr(a, a.model), SEQUENCE_MODELS[a.model][1])
             episodes = list(buffer.episodes())
-            length = min(window, max(len(e.obs) for e in episodes))
+            length = window_length([len(e.obs) for e in episodes], window, MIN_WINDOWS)
             result: Any = self.trainer.fit(
                 windows_from_trajectories(episodes, length), progress=False
             )

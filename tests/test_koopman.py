@@ -151,6 +151,30 @@ def test_predict_grouped_matches_predict_and_ignores_noise() -> None:
         model.predict_grouped(obs, act, [5, 5])
 
 
+def test_predict_sequence_grouped_runs_each_row_through_its_own_member() -> None:
+    model = small_model()
+    obs0, act = torch.randn(7, O), torch.randn(7, 5, A)
+    full_obs, full_rew = model.predict_sequence(obs0, act)  # (E, 7, 5, O), (E, 7, 5)
+    member = torch.tensor([2, 0, 2, 2, 0, 2, 2])  # member 1 has no rows
+    order = torch.argsort(member, stable=True)
+    counts = torch.bincount(member, minlength=3).tolist()
+    calls: list[tuple[int, ...]] = []
+    predict_sequence = model.predict_sequence
+
+    def spy(o: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(tuple(o.shape))
+        return predict_sequence(o, a)
+
+    model.predict_sequence = spy  # type: ignore[method-assign]
+    nobs, rew = model.predict_sequence_grouped(obs0, act, counts, order)
+    rows = torch.arange(7)
+    torch.testing.assert_close(nobs, full_obs[member, rows], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rew, full_rew[member, rows], rtol=1e-5, atol=1e-5)
+    assert calls == [(3, 5, O)]  # one batched call on E x max(counts) rows, not E x 7
+    with pytest.raises(MbrlError, match="counts"):
+        model.predict_sequence_grouped(obs0, act, [3, 4])
+
+
 # -- periodic re-encoding ------------------------------------------------------------------------
 @pytest.mark.parametrize("k", [1, 3, 4])
 def test_reencoding_changes_predictions_only_after_each_k_steps(k: int) -> None:

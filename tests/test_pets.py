@@ -216,6 +216,17 @@ def test_koopman_model_plugs_into_pets(tmp_path: Path) -> None:
         small_config(model="diffuser")
 
 
+def test_sequence_model_windows_shorten_while_episodes_are_short() -> None:
+    """Early episodes of a falling task (InvertedPendulum: 5-10 steps) must still give a
+    sequence model enough windows for its train/holdout split."""
+    from mbrl.agents.pets import window_length
+
+    assert window_length([7, 5, 9], 16, 10) == 4  # L=5 gives 9 windows, L=4 gives 12
+    assert window_length([30, 30, 30], 8, 10) == 8
+    assert window_length([1, 1], 8, 10) == 1
+    assert window_length([], 8, 10) == 1
+
+
 def _windows(buffer: ReplayBuffer, length: int) -> tuple[torch.Tensor, ...]:
     from mbrl.models.seq_trainer import windows_from_trajectories
 

@@ -98,7 +98,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mbrl.errors import MbrlError, unknown_name
-from mbrl.models.members import MemberEnsemble, grouped_apply
+from mbrl.models.members import (
+    MemberEnsemble,
+    grouped_apply,
+    padded_member_rows,
+    scatter_member_rows,
+)
 from mbrl.models.normalizer import Normalizer
 from mbrl.registry import MODELS
 
@@ -428,6 +433,31 @@ class KoopmanModel(MemberEnsemble):
             rew_parts.append(self.decode_reward(z, act[:, :, c : c + k]))
             start_obs = nobs[:, :, -1]
         return torch.cat(obs_parts, dim=2), torch.cat(rew_parts, dim=2)
+
+    @torch.no_grad()
+    def predict_sequence_grouped(
+        self, obs0: Tensor, act: Tensor, counts: Sequence[int], order: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`predict_sequence` with each row through its own member only (what
+        ``ModelEnv``'s MPC objective calls for ``fixed_member``/``episode_member``).
+
+        Args:
+            obs0: ``(B, O)``; act: ``(B, H, A)`` raw.
+            counts, order: rows ``order[s_e : s_e + counts[e]]`` belong to member ``e``
+                (``order=None``: already grouped in member order).
+
+        Returns:
+            ``next_obs (B, H, O)`` and ``rew (B, H)``, row-aligned with the inputs.
+        """
+        B = obs0.shape[0]
+        if len(counts) != self.num_members or sum(counts) != B or act.shape[0] != B:
+            raise MbrlError(
+                f"predict_sequence_grouped needs {self.num_members} counts summing to "
+                f"B={B} (act {tuple(act.shape)}), got {list(counts)}."
+            )
+        idx = padded_member_rows(counts, order, obs0.device)  # (E, M)
+        nobs, rew = self.predict_sequence(obs0[idx], act[idx])  # (E, M, H, O), (E, M, H)
+        return scatter_member_rows(nobs, idx, counts, B), scatter_member_rows(rew, idx, counts, B)
 
     # -- training ---------------------------------------------------------------------------
     def _window(

@@ -6,7 +6,9 @@ keep every parameter with the member axis first, ``(E, ...)``, and a buffer ``el
 naming the members used for rollouts. :class:`MemberEnsemble` holds the bookkeeping the
 trainers rely on (per-member snapshots, choosing elites, loading a checkpoint whose elite
 count differs); :func:`grouped_apply` is the one-member-per-row loop of
-``predict_grouped`` for models that run one member at a time.
+``predict_grouped`` for models that run one member at a time, and
+:func:`padded_member_rows` lays each member's rows out as one ``(E, M)`` batch so that a
+model that computes all members together runs each row through its own member only.
 """
 
 from __future__ import annotations
@@ -119,3 +121,36 @@ def grouped_apply(
             result.index_copy_(0, idx, rows)
         start += n
     return result
+
+
+def padded_member_rows(counts: Sequence[int], order: Tensor | None, device: torch.device) -> Tensor:
+    """``(E, M)`` row indices, ``M = max(counts)``: row ``e`` lists member ``e``'s rows
+    (``order[s_e : s_e + counts[e]]``, or ``s_e ..`` with ``order=None``), padded by
+    repeating one of them (a member without rows repeats row 0). Running every member on
+    its own ``(M,)`` slice costs ``E·M`` member-rows instead of ``E·N`` for all members on
+    all ``N`` rows (``≈ N`` when the counts are balanced, as TS∞ particles are); drop the
+    padding with :func:`scatter_member_rows`.
+    """
+    E, M = len(counts), max(max(counts), 1)
+    idx = torch.zeros(E, M, dtype=torch.long, device=device)
+    start = 0
+    for e, n in enumerate(counts):
+        if n:
+            rows = (
+                order[start : start + n]
+                if order is not None
+                else torch.arange(start, start + n, device=device)
+            )
+            idx[e, :n] = rows
+            idx[e, n:] = rows[0]
+        start += n
+    return idx
+
+
+def scatter_member_rows(values: Tensor, idx: Tensor, counts: Sequence[int], n: int) -> Tensor:
+    """Inverse of :func:`padded_member_rows`: ``values (E, M, ...)`` -> ``(n, ...)``."""
+    out = values.new_empty(n, *values.shape[2:])
+    for e, c in enumerate(counts):
+        if c:
+            out[idx[e, :c]] = values[e, :c]
+    return out
