@@ -1,0 +1,701 @@
+"""Dynamics-model comparison: ensemble vs Koopman vs transformer on the same data.
+
+For every ``--dataset`` (a D4RL-format file, optionally cut to ``--max-transitions``
+transitions of whole trajectories drawn at random with ``--seed``):
+
+1. **Open-loop error.** ``mbrl model eval`` (:func:`mbrl.model_eval.model_eval`) fits
+   ``ensemble``, ``koopman`` and ``transformer`` (their default configs; change any field
+   with ``--set``, e.g. ``--set trainer.max_epochs=20 koopman.latent_dim=32``) on the
+   same training trajectories and scores them on the same held-out trajectories: the
+   normalized MSE (per-dimension MSE / data variance, 1.0 = predicting the mean) of the
+   observation predicted ``h`` steps ahead from the recorded actions, at
+   ``--horizons`` (1, 10, 25, 50). The reference rows ``copy-obs`` (no change) and
+   ``linear`` (least squares) come from the same run.
+2. **Training time to convergence.** Wall seconds and epochs of each fit (early
+   stopping on a holdout share of the training data, ``patience`` epochs), from the
+   same run's ``summary.json``.
+3. **Rollout throughput**, side by side in one process: ``--repeats`` interleaved
+   rounds of at least ``--min-time`` seconds per contestant, best round kept, on one
+   batch of ``--candidates`` × ``--particles`` rollouts (rows) over ``--rollout-horizon``
+   steps from the dataset's first observation, random actions in [-1, 1]:
+
+   * ``ensemble step loop``: PETS' objective,
+     :meth:`~mbrl.models.model_env.ModelEnv.evaluate_action_sequences` with TS∞
+     (``fixed_member``) — ``H`` sequential ``ModelEnv.step`` calls (forward, sampling,
+     Δobs, the task's reward and termination);
+   * ``ensemble forward loop``: the same ``H`` steps as bare ``predict_grouped`` calls
+     plus ``obs += Δobs`` (no sampling, reward or termination), a lower bound;
+   * ``koopman predict_sequence (scan|fft|recurrent)``: the Koopman model's multi-step
+     prediction of the whole horizon, each member on its share of the rows
+     (``obs0 (E, B/E, O)``), unrolled by the associative scan, by FFT convolution, or
+     step by step;
+   * ``koopman PETS objective``: ``evaluate_action_sequences`` with the Koopman model,
+     which calls ``predict_sequence`` on every member for every row (``E``× the work)
+     and picks each row's member;
+   * ``transformer predict_sequence_grouped``: KV-cached rollouts, each row by its own
+     member, and ``transformer PETS objective`` (the same through ``ModelEnv``).
+
+   Throughput is reported as candidate·steps/s, where a *candidate* is one rollout row
+   (one action sequence × one particle): rows × horizon / seconds. The models are
+   freshly initialized with the fitted ones' configs (timing depends on shapes, not
+   weights) and their normalizers fitted on the dataset.
+
+Writes ``OUT.json`` and ``OUT.md`` with ``--out OUT``: per dataset a table (rows =
+models; columns = error at each horizon, fit seconds, fit epochs, rollout throughput),
+the throughput table, and a "where each model wins and loses" list generated from the
+numbers. With ``--pets RUN_ROOT`` the PETS runs of ``configs/sweeps/pets_models.yaml``
+(``mbrl sweep pets_models``) are tabulated (``mbrl table``'s per-task table, plus the
+mean wall time per run) into the same report; ``--from-json OUT.json`` re-renders an
+earlier report (no refitting), e.g. to add the PETS table once the sweep has finished.
+
+The fits of each dataset are cached in ``--run-root`` (the ``mbrl model eval`` run dir
+and ``fit-<name>.json``): a rerun with the same settings reuses them and only measures
+throughput again.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_models.py \\
+        --dataset /work/datasets/HalfCheetah-v4/halfcheetah-v4-medium.hdf5 \\
+                  /work/datasets/Hopper-v4-s1/hopper-v4-medium.hdf5 \\
+        --out results/model_comparison
+    .venv/bin/python benchmarks/bench_models.py --from-json results/model_comparison.json \\
+        --pets runs/sweeps/pets_models --out results/model_comparison
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from rich.console import Console
+
+from mbrl.config import RunConfig, from_dict, to_dict
+from mbrl.data.d4rl import D4RLDataset, trajectories
+from mbrl.data.datasets import load_dataset
+from mbrl.envs import EnvSpec, get_env_spec
+from mbrl.errors import MbrlError
+from mbrl.model_eval import MODEL_KINDS, ModelEvalConfig, ModelEvalRun, model_eval
+from mbrl.models.ensemble import ProbabilisticEnsemble
+from mbrl.models.koopman import KoopmanModel
+from mbrl.models.model_env import ModelEnv
+from mbrl.models.transformer import TransformerModel
+from mbrl.rundir import SUMMARY_FILE, cpu_model, git_commit, script_command
+
+HORIZONS = (1, 10, 25, 50)
+REFERENCES = ("copy-obs", "linear")
+KOOPMAN_METHODS = ("scan", "fft", "recurrent")
+# the contestant whose throughput stands for each model in the main table
+MAIN_ROLLOUT = {
+    "ensemble": "ensemble step loop",
+    "koopman": "koopman predict_sequence (best parallel)",
+    "transformer": "transformer predict_sequence_grouped",
+}
+# the code this benchmark measures: flagged when it differs from the commit
+MEASURED_FILES = [
+    "mbrl/model_eval.py",
+    "mbrl/models/ensemble.py",
+    "mbrl/models/koopman.py",
+    "mbrl/models/transformer.py",
+    "mbrl/models/model_env.py",
+    "mbrl/models/trainer.py",
+    "mbrl/models/seq_trainer.py",
+    "benchmarks/bench_models.py",
+]
+
+
+# -- data ------------------------------------------------------------------------------
+def subsample(ds: D4RLDataset, max_transitions: int | None, seed: int) -> D4RLDataset:
+    """Whole trajectories of ``ds``, taken in a random order when they fit in
+    ``max_transitions`` rows (the shortest ones if fewer than two fit), kept in file
+    order; ``None``: ``ds`` itself.
+
+    The last row of every kept trajectory is marked terminal or timeout so that two kept
+    trajectories never merge.
+    """
+    if max_transitions is None or max_transitions >= len(ds):
+        return ds
+    eps = trajectories(ds)
+    order = np.random.default_rng(seed).permutation(len(eps))
+    lengths = [len(e.obs) for e in eps]
+    kept: list[int] = []
+    total = 0
+    for i in order.tolist():
+        if total + lengths[i] <= max_transitions:
+            kept.append(i)
+            total += lengths[i]
+    if len(kept) < 2:  # too few fit: the shortest ones
+        rest = sorted(set(range(len(eps))) - set(kept), key=lambda i: lengths[i])
+        kept += rest[: 2 - len(kept)]
+    kept.sort()
+    rows = np.concatenate([np.arange(eps[i].start, eps[i].start + len(eps[i].obs)) for i in kept])
+    ends = np.cumsum([len(eps[i].obs) for i in kept]) - 1
+    terminals, timeouts = ds.terminals[rows].copy(), ds.timeouts[rows].copy()
+    timeouts[ends] |= ~terminals[ends]
+    nxt = None if ds.next_observations is None else ds.next_observations[rows]
+    return dataclasses.replace(
+        ds,
+        observations=ds.observations[rows],
+        actions=ds.actions[rows],
+        rewards=ds.rewards[rows],
+        terminals=terminals,
+        timeouts=timeouts,
+        next_observations=nxt,
+        infos={},
+    )
+
+
+def nested(overrides: Sequence[str]) -> dict[str, Any]:
+    """``["trainer.max_epochs=3", ...]`` -> ``{"trainer": {"max_epochs": 3}}`` (YAML values)."""
+    out: dict[str, Any] = {}
+    for text in overrides:
+        if "=" not in text:
+            raise MbrlError(f"--set '{text}': write FIELD=VALUE, e.g. trainer.max_epochs=20.")
+        key, value = text.split("=", 1)
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
+def eval_config(args: argparse.Namespace) -> ModelEvalConfig:
+    base = to_dict(ModelEvalConfig(models=tuple(args.models), horizons=tuple(args.horizons)))
+    merged = _merge(base, nested(args.set))
+    return from_dict(ModelEvalConfig, merged, source="--set")
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+# -- 1 + 2: fits and open-loop errors (mbrl model eval) --------------------------------------
+def fit_and_score(
+    path: str,
+    ev: ModelEvalConfig,
+    args: argparse.Namespace,
+    console: Console,
+) -> tuple[dict[str, Any], D4RLDataset]:
+    """Run (or reuse) ``mbrl model eval`` on one dataset; its numbers as a dict."""
+    full = load_dataset(path)
+    ds = subsample(full, args.max_transitions, args.seed)
+    root = Path(args.run_root)
+    key = {
+        "dataset": str(Path(path).resolve()),
+        "max_transitions": args.max_transitions,
+        "seed": args.seed,
+        "device": args.device,
+        "threads": args.threads,
+        "eval": to_dict(ev),
+    }
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    name = f"{Path(path).stem}-{len(ds)}-{digest}"
+    cache = root / f"fit-{name}.json"
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == json.loads(json.dumps(key, default=str)):
+            console.print(f"{path}: reusing the fits of {cached['model_eval_run']}")
+            return cached, ds
+    data_path = Path(path)
+    if len(ds) < len(full):
+        from mbrl.data.d4rl import save_d4rl
+
+        data_path = save_d4rl(ds, root / "data" / f"{name}.hdf5", overwrite=True)
+    run = RunConfig(
+        dataset=str(data_path),
+        seed=args.seed,
+        device=args.device,
+        run_root=root,
+        run_name=name,
+        torch_threads=args.threads,
+        progress=False,
+        tensorboard=False,
+        eval_every=0,
+        checkpoint_every=0,
+    )
+    run_dir = model_eval(ModelEvalRun(eval=ev, run=run), console=console)
+    summary = json.loads((run_dir.path / SUMMARY_FILE).read_text())
+    episodes = trajectories(ds)
+    held = max(1, min(len(episodes) - 1, round(ev.heldout_fraction * len(episodes))))
+    result: dict[str, Any] = {
+        "key": key,
+        "dataset": path,
+        "env_id": full.env_id,
+        "transitions": len(ds),
+        "transitions_in_file": len(full),
+        "trajectories": len(episodes),
+        "heldout_trajectories": held,
+        "model_eval_run": str(run_dir.path),
+        "models": {},
+    }
+    for model, ol in summary["open_loop"].items():
+        fit = summary["fit"].get(model, {})
+        result["models"][model] = {
+            "nmse": {int(h): v for h, v in ol["nmse"].items()},
+            "mse": {int(h): v for h, v in ol["mse"].items()},
+            "windows": {int(h): v for h, v in ol["windows"].items()},
+            "fit_seconds": fit.get("fit_seconds"),
+            "epochs": fit.get("epochs"),
+            "stop_reason": fit.get("stop_reason"),
+        }
+    root.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    return json.loads(json.dumps(result, default=str)), ds
+
+
+# -- 3: rollout throughput ---------------------------------------------------------------
+def rollout_contestants(
+    ev: ModelEvalConfig,
+    ds: D4RLDataset,
+    spec: EnvSpec | None,
+    candidates: int,
+    particles: int,
+    horizon: int,
+    device: torch.device,
+    seed: int = 0,
+) -> dict[str, Callable[[], object]]:
+    """Zero-argument calls, one per contestant (module docstring), on the same batch."""
+    O, A = ds.obs_dim, ds.act_dim
+    B = candidates * particles
+    g = torch.Generator(device=device).manual_seed(seed)
+    obs_t = torch.as_tensor(ds.observations, device=device)
+    act_t = torch.as_tensor(ds.actions, device=device)
+    rew_t = torch.as_tensor(ds.rewards, device=device)
+    start = obs_t[:1]  # (1, O): every rollout starts where PETS would plan from
+    plans = torch.rand(1, candidates, horizon, A, generator=g, device=device) * 2 - 1
+    rows_act = plans[0, :, None].expand(candidates, particles, horizon, A).reshape(B, horizon, A)
+    fns: dict[str, Callable[[], object]] = {}
+
+    def objective(model: Any) -> Callable[[], object]:
+        env = ModelEnv(model, spec, propagation="fixed_member", generator=g)
+        return lambda: env.evaluate_action_sequences(plans, start, particles, g)
+
+    torch.manual_seed(seed)
+    if "ensemble" in ev.models:
+        ens = ProbabilisticEnsemble(O, A, ev.ensemble).to(device)
+        ens.fit_normalizer(obs_t, act_t)
+        ens.eval()
+        fns["ensemble step loop"] = objective(ens)
+        E = ens.num_members
+        counts = [B // E + (1 if e < B % E else 0) for e in range(E)]
+
+        def forward_loop() -> None:
+            obs = start.expand(B, O).contiguous()
+            for t in range(horizon):
+                mean, _ = ens.predict_grouped(obs, rows_act[:, t], counts)
+                obs = obs + mean[:, :O]
+
+        fns["ensemble forward loop"] = torch.no_grad()(forward_loop)
+    if "koopman" in ev.models:
+        koop = KoopmanModel(O, A, ev.koopman).to(device)
+        koop.fit_normalizer(obs_t, act_t, rew_t)
+        koop.eval()
+        E = koop.num_members
+        per = math.ceil(B / E)  # each member its share of the rows (E·per >= B)
+        obs0 = start.expand(E, per, O).contiguous()
+        acts = torch.cat([rows_act, rows_act[: E * per - B]])[: E * per].view(E, per, horizon, A)
+        for m in KOOPMAN_METHODS:
+            fns[f"koopman predict_sequence ({m})"] = (
+                lambda m=m: koop.predict_sequence(obs0, acts, method=m)  # type: ignore[misc]
+            )
+        fns["koopman PETS objective"] = objective(koop)
+    if "transformer" in ev.models:
+        tf = TransformerModel(O, A, ev.transformer).to(device)
+        tf.fit_normalizer(obs_t, act_t, rew_t)
+        tf.eval()
+        E = tf.num_members
+        counts_t = [B // E + (1 if e < B % E else 0) for e in range(E)]
+        obs_b = start.expand(B, O).contiguous()
+        fns["transformer predict_sequence_grouped"] = lambda: tf.predict_sequence_grouped(
+            obs_b, rows_act, counts_t
+        )
+        fns["transformer PETS objective"] = objective(tf)
+    return fns
+
+
+def timeit(fn: Callable[[], object], min_time: float, sync: Callable[[], None]) -> float:
+    """Seconds per call, averaged over a block of calls lasting at least ``min_time``."""
+    n, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        sync()
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_time:
+            return elapsed / n
+
+
+def bench_rollouts(
+    fns: dict[str, Callable[[], object]],
+    rows: int,
+    horizon: int,
+    repeats: int,
+    min_time: float,
+    device: torch.device,
+) -> dict[str, dict[str, Any]]:
+    """Best of ``repeats`` interleaved rounds per contestant: seconds per call and
+    candidate·steps/s (``rows × horizon / seconds``)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with torch.no_grad():
+        for f in fns.values():  # warm-up
+            f()
+        sync()
+        best = dict.fromkeys(fns, math.inf)
+        for _ in range(repeats):
+            for k, f in fns.items():
+                best[k] = min(best[k], timeit(f, min_time, sync))
+    out: dict[str, dict[str, Any]] = {
+        k: {"seconds": t, "steps_per_s": rows * horizon / t} for k, t in best.items()
+    }
+    parallel = [
+        k for k in out if k.startswith("koopman predict_sequence (") and "recurrent" not in k
+    ]
+    if parallel:
+        k = max(parallel, key=lambda k: out[k]["steps_per_s"])
+        out[MAIN_ROLLOUT["koopman"]] = {**out[k], "method": k.split("(")[1].rstrip(")")}
+    return out
+
+
+# -- wins and losses, generated from the numbers -------------------------------------------
+def _fmt(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.3g}"
+
+
+def _rate(x: float | None) -> str:
+    if x is None:
+        return "–"
+    return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.1f}k"
+
+
+def metrics_of(block: dict[str, Any]) -> dict[str, dict[str, tuple[float, bool]]]:
+    """metric label -> model -> (value, higher_is_better), learned models only."""
+    out: dict[str, dict[str, tuple[float, bool]]] = {}
+    models = [m for m in MODEL_KINDS if m in block["models"]]
+    for h in block["horizons"]:
+        vals = {m: block["models"][m]["nmse"].get(h) for m in models}
+        out[f"open-loop error at h={h}"] = {
+            m: (v, False) for m, v in vals.items() if v is not None and math.isfinite(v)
+        }
+    out["fit time"] = {
+        m: (float(block["models"][m]["fit_seconds"]), False)
+        for m in models
+        if block["models"][m].get("fit_seconds") is not None
+    }
+    roll = block.get("rollout", {})
+    out["rollout throughput"] = {
+        m: (roll[MAIN_ROLLOUT[m]]["steps_per_s"], True) for m in models if MAIN_ROLLOUT[m] in roll
+    }
+    return out
+
+
+def wins_and_losses(block: dict[str, Any]) -> list[str]:
+    """Bullet lines: per metric the best model (and by how much), per model where it wins
+    and loses, the learned models that do worse than a reference row, and the issue's
+    Koopman-vs-ensemble rollout check."""
+    lines: list[str] = []
+    per_model: dict[str, dict[str, list[str]]] = {}
+    for metric, vals in metrics_of(block).items():
+        if len(vals) < 2:
+            continue
+        higher = next(iter(vals.values()))[1]
+        ranked = sorted(vals, key=lambda m: vals[m][0], reverse=higher)
+        best, second, worst = ranked[0], ranked[1], ranked[-1]
+        b, s = vals[best][0], vals[second][0]
+        factor = (b / s if higher else s / b) if b > 0 and s > 0 else math.nan
+        per_model.setdefault(best, {"wins": [], "loses": []})["wins"].append(
+            f"{metric} ({_fmt(factor)}× better than {second})"
+        )
+        w, s2 = vals[worst][0], vals[ranked[-2]][0]
+        factor = (s2 / w if higher else w / s2) if w > 0 and s2 > 0 else math.nan
+        per_model.setdefault(worst, {"wins": [], "loses": []})["loses"].append(
+            f"{metric} ({_fmt(factor)}× worse than {ranked[-2]})"
+        )
+    for m in MODEL_KINDS:
+        if m in per_model:
+            wl = per_model[m]
+            lines.append(
+                f"- **{m}** wins: {'; '.join(wl['wins']) or 'nothing'} — "
+                f"loses: {'; '.join(wl['loses']) or 'nothing'}."
+            )
+    for ref in REFERENCES:
+        if ref not in block["models"]:
+            continue
+        worse = []
+        for m in MODEL_KINDS:
+            if m not in block["models"]:
+                continue
+            hs = [
+                h
+                for h in block["horizons"]
+                if (v := block["models"][m]["nmse"].get(h)) is not None
+                and (r := block["models"][ref]["nmse"].get(h)) is not None
+                and math.isfinite(r)
+                and not v < r
+            ]
+            if hs:
+                worse.append(f"{m} at h={', '.join(map(str, hs))}")
+        if worse:
+            lines.append(f"- No better than the `{ref}` reference: {'; '.join(worse)}.")
+    roll = block.get("rollout", {})
+    k, e = roll.get(MAIN_ROLLOUT["koopman"]), roll.get(MAIN_ROLLOUT["ensemble"])
+    if k and e:
+        ratio = k["steps_per_s"] / e["steps_per_s"]
+        verdict = "faster ✓" if ratio > 1 else "NOT faster ✗"
+        lines.append(
+            f"- Issue check — Koopman's parallel multi-step prediction "
+            f"(`{k.get('method')}`) vs the ensemble rolled step by step over "
+            f"{block['rollout_setup']['horizon']} steps: {ratio:.2f}× ({verdict})."
+        )
+        rec = roll.get("koopman predict_sequence (recurrent)")
+        if rec:
+            lines.append(
+                f"- Koopman's step-by-step recurrence (`recurrent`): "
+                f"{rec['steps_per_s'] / e['steps_per_s']:.2f}× the ensemble step loop."
+            )
+    return lines
+
+
+# -- report ----------------------------------------------------------------------------------
+def dataset_markdown(block: dict[str, Any]) -> list[str]:
+    hs = block["horizons"]
+    rs = block["rollout_setup"]
+    lines = [
+        f"## {Path(block['dataset']).name} ({block['env_id']})",
+        "",
+        f"{block['transitions']:,} transitions ({block['trajectories']} trajectories"
+        + (
+            f", drawn from the file's {block['transitions_in_file']:,}"
+            if block["transitions"] < block["transitions_in_file"]
+            else ""
+        )
+        + f"); {block['heldout_trajectories']} trajectories held out for scoring. "
+        f"Fits: `{block['model_eval_run']}`.",
+        "",
+        "| model | "
+        + " | ".join(f"nMSE h={h}" for h in hs)
+        + " | fit s | fit epochs | rollout candidate·steps/s |",
+        "|---|" + "---:|" * (len(hs) + 3),
+    ]
+    for m in [*MODEL_KINDS, *REFERENCES]:
+        r = block["models"].get(m)
+        if r is None:
+            continue
+        roll = block.get("rollout", {}).get(MAIN_ROLLOUT.get(m, ""), {})
+        epochs = f"{r['epochs']} ({r['stop_reason']})" if r.get("epochs") is not None else "–"
+        lines.append(
+            f"| {m} | "
+            + " | ".join(_fmt(r["nmse"].get(h)) for h in hs)
+            + f" | {_fmt(r.get('fit_seconds'))} | {epochs} | {_rate(roll.get('steps_per_s'))} |"
+        )
+    lines += [
+        "",
+        f"Rollout throughput: {rs['candidates']} action sequences × {rs['particles']} "
+        f"particles = {rs['candidates'] * rs['particles']:,} rows over {rs['horizon']} steps "
+        "(candidate·steps/s = rows × steps / s), best of "
+        f"{rs['repeats']} interleaved rounds of ≥{rs['min_time']} s:",
+        "",
+        "| rollout | s per call | candidate·steps/s | × ensemble step loop |",
+        "|---|---:|---:|---:|",
+    ]
+    roll = block.get("rollout", {})
+    base = roll.get(MAIN_ROLLOUT["ensemble"], {}).get("steps_per_s")
+    for k, r in roll.items():
+        if k == MAIN_ROLLOUT["koopman"]:
+            continue
+        ratio = f"{r['steps_per_s'] / base:.2f}×" if base else "–"
+        lines.append(f"| {k} | {r['seconds']:.3f} | {_rate(r['steps_per_s'])} | {ratio} |")
+    lines += ["", "### Where each model wins and loses (generated from the numbers above)", ""]
+    lines += wins_and_losses(block) or ["- (too few models to compare)"]
+    lines.append("")
+    return lines
+
+
+def pets_markdown(pets: dict[str, Any]) -> list[str]:
+    lines = [
+        "## PETS with each model (`configs/sweeps/pets_models.yaml`)",
+        "",
+        f"Runs under `{'`, `'.join(pets['paths'])}`; final evaluation return (mean ± std over "
+        "seeds), via `mbrl table`'s per-task table, and the mean wall time of a run.",
+        "",
+        pets["table"],
+        "",
+    ]
+    if pets.get("skipped"):
+        lines += [f"Unfinished runs left out: {len(pets['skipped'])}.", ""]
+    return lines
+
+
+def markdown(res: dict[str, Any]) -> str:
+    meta = res["meta"]
+    lines = [
+        "# Dynamics models: ensemble vs Koopman vs transformer",
+        "",
+        f"- command: `{meta['command']}`",
+        f"- git commit: `{meta['commit']}`; date: {meta['date']}",
+        f"- machine: {meta['machine']}; torch {meta['torch']}; device {meta['device']}; "
+        f"{meta['threads']} torch thread(s)",
+        f"- load average before/after: {meta['load_before']} / {meta['load_after']}",
+        "- nMSE: open-loop error of the observation predicted h steps ahead from the recorded "
+        "actions on held-out trajectories, per-dimension MSE / data variance, averaged over "
+        "dimensions (1.0 = as bad as predicting the mean); each sequence model carries its own "
+        "state (Koopman latent, transformer KV-cached context of its predictions). "
+        "`copy-obs` and `linear` are references.",
+        "- fit s / epochs: one `mbrl model eval` fit, early stopping on a holdout share of the "
+        "training trajectories (the stop reason in brackets).",
+        "- rollout: the model's own multi-step rollout; ensemble = PETS' `ModelEnv` step loop, "
+        "Koopman = `predict_sequence` with the faster of its parallel unrolls (scan/FFT), "
+        "transformer = KV-cached `predict_sequence_grouped`; untrained models of the same "
+        "sizes (timing depends on shapes only).",
+        "",
+    ]
+    for block in res["datasets"]:
+        lines += dataset_markdown(block)
+    if res.get("pets"):
+        lines += pets_markdown(res["pets"])
+    return "\n".join(lines)
+
+
+def pets_table(paths: Sequence[str], budgets: Sequence[int]) -> dict[str, Any]:
+    """``mbrl table``'s per-task table of the PETS sweep runs, plus mean wall time."""
+    from mbrl.results.runs import load_runs
+    from mbrl.results.table import build_table, display_frames, markdown_table
+
+    ps = [Path(p) for p in paths]
+    t = build_table(ps, budgets=budgets, reps=1000)
+    per, _ = display_frames(t)
+    runs, _ = load_runs(ps, finished_only=True)
+    walls: dict[tuple[str, str], list[float]] = {}
+    for r in runs:
+        w = (r.summary or {}).get("wall_time_s")
+        if w is not None:
+            walls.setdefault((r.task, r.algorithm), []).append(float(w))
+    per["wall s / run"] = [
+        _fmt(float(np.mean(walls[(task, alg)]))) if (task, alg) in walls else "–"
+        for task, alg in zip(per["task"], per["algorithm"], strict=True)
+    ]
+    return {
+        "paths": [str(p) for p in paths],
+        "table": markdown_table(per),
+        "rows": per.to_dict(orient="records"),
+        "skipped": [str(p) for p in t.skipped],
+    }
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--dataset", nargs="+", default=[], help="D4RL-format files")
+    p.add_argument("--max-transitions", type=int, default=None, help="whole trajectories")
+    p.add_argument("--models", nargs="+", default=list(MODEL_KINDS), choices=MODEL_KINDS)
+    p.add_argument("--horizons", nargs="+", type=int, default=list(HORIZONS))
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="ModelEvalConfig fields, e.g. trainer.max_epochs=20")  # fmt: skip
+    p.add_argument("--candidates", type=int, default=400)
+    p.add_argument("--particles", type=int, default=20)
+    p.add_argument("--rollout-horizon", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--min-time", type=float, default=0.5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-root", default="runs/bench_models", help="fits and their cache")
+    p.add_argument("--pets", nargs="*", default=[], help="run roots of the PETS sweep")
+    p.add_argument("--pets-budgets", nargs="*", type=int, default=[])
+    p.add_argument("--from-json", default=None, help="re-render an earlier OUT.json")
+    p.add_argument("--machine", default=None, help="machine description for the report")
+    p.add_argument("--out", default=None, help="write OUT.json and OUT.md")
+    args = p.parse_args(argv)
+    if not args.dataset and not args.from_json:
+        p.error("give --dataset FILE ... or --from-json OUT.json")
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    console = Console(stderr=True)
+    if args.from_json:
+        res: dict[str, Any] = json.loads(Path(args.from_json).read_text())
+        for block in res["datasets"]:
+            for r in block["models"].values():
+                r["nmse"] = {int(h): v for h, v in r["nmse"].items()}
+    else:
+        if device.type == "cuda":
+            machine = args.machine or torch.cuda.get_device_name()
+        else:
+            machine = args.machine or f"{os.cpu_count()}-core CPU ({cpu_model()}), no GPU"
+        meta: dict[str, Any] = {
+            "command": script_command(__file__, argv),
+            "commit": git_commit(MEASURED_FILES) or "unknown",
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": machine,
+            "torch": torch.__version__,
+            "device": args.device,
+            "threads": args.threads,
+            "load_before": loadavg(),
+        }
+        ev = eval_config(args)
+        res = {"meta": meta, "eval_config": to_dict(ev), "datasets": []}
+        for path in args.dataset:
+            block, ds = fit_and_score(path, ev, args, console)
+            block["horizons"] = list(ev.horizons)
+            for r in block["models"].values():
+                r["nmse"] = {int(h): v for h, v in r["nmse"].items()}
+            env_id = block.get("env_id")
+            spec = get_env_spec(env_id) if env_id else None
+            if spec is not None and spec.reward_fn is None:
+                spec = None
+            fns = rollout_contestants(
+                ev, ds, spec, args.candidates, args.particles, args.rollout_horizon, device,
+                args.seed,
+            )  # fmt: skip
+            rows = args.candidates * args.particles
+            block["rollout"] = bench_rollouts(
+                fns, rows, args.rollout_horizon, args.repeats, args.min_time, device
+            )
+            block["rollout_setup"] = {
+                "candidates": args.candidates,
+                "particles": args.particles,
+                "horizon": args.rollout_horizon,
+                "repeats": args.repeats,
+                "min_time": args.min_time,
+                "reward_and_termination": env_id if spec is not None else None,
+            }
+            console.print(json.dumps({"dataset": path, "rollout": block["rollout"]}))
+            res["datasets"].append(block)
+        meta["load_after"] = loadavg()
+    if args.pets:
+        res["pets"] = pets_table(args.pets, args.pets_budgets)
+    text = markdown(res)
+    print(json.dumps(res, indent=1, default=str))
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+        out.with_suffix(".md").write_text(text + "\n")
+    return res
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
