@@ -9,7 +9,7 @@ timing) and timed:
       batches and the value net's), median over ``--updates`` calls after 2 warm-up calls;
     * ``plan``: ``DiffuserAgent.act`` on one observation (``plan_batch`` candidates, value
       guidance, EMA nets), median over ``--plans`` calls, for each number of denoising
-      steps in ``--steps``: the preset's sampler at ``N`` (DDPM) and DDIM with fewer.
+      steps in ``--steps``: DDPM (the paper's sampler) at ``N``, DDIM with fewer.
 
 Threads: ``--threads`` (default 1, as the project's CPU runs). Prints JSON and a markdown
 table; ``--out PREFIX`` also writes ``PREFIX.json`` and ``PREFIX.md``::
@@ -112,8 +112,10 @@ def bench_preset(
     for k in steps:
         if k > a.n_diffusion_steps:
             continue
-        sampler = a.sampler if k == a.n_diffusion_steps else "ddim"
-        planner = build_agent(preset, data, tmp, sampler=sampler, sample_steps=k)
+        # all N steps: the paper's DDPM sampler; fewer: DDIM with k steps
+        full = k == a.n_diffusion_steps
+        sampler = "ddpm" if full else "ddim"
+        planner = build_agent(preset, data, tmp, sampler=sampler, sample_steps=None if full else k)
         planner.load_state_dict(agent.state_dict())
         rows.append(
             {
@@ -154,10 +156,10 @@ def bench_run(run_path: Path, steps: list[int], episodes: int) -> dict[str, Any]
         if k > cfg.agent.n_diffusion_steps:
             continue
         full = k == cfg.agent.n_diffusion_steps
+        # all N steps: the paper's DDPM sampler (whatever the run planned with); fewer:
+        # DDIM with k steps
         agent_cfg = dataclasses.replace(
-            cfg.agent,
-            sampler=cfg.agent.sampler if full else "ddim",
-            sample_steps=cfg.agent.sample_steps if full else k,
+            cfg.agent, sampler="ddpm" if full else "ddim", sample_steps=None if full else k
         )
         agent = DiffuserAgent(TrainConfig(agent=agent_cfg, run=cfg.run), ctx)
         agent.load_state_dict(state["agent"])
