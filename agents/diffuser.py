@@ -327,6 +327,15 @@ def loss_weights(
     return w
 
 
+def noised_windows(
+    sched: DiffusionSchedule, x0: Tensor, act_dim: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``n ~ U{0..N−1}``, ``ε ~ 𝒩(0, I)``, ``τ_n`` (``s_0`` inpainted) for ``x0 (B, H, D)``."""
+    n = torch.randint(0, sched.n_steps, (x0.shape[0],), generator=generator, device=x0.device)
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+    return n, noise, inpaint(sched.q_sample(x0, n, noise), x0[:, 0, act_dim:], act_dim)
+
+
 def diffusion_loss(
     net: nn.Module,
     sched: DiffusionSchedule,
@@ -337,10 +346,7 @@ def diffusion_loss(
     generator: torch.Generator,
 ) -> tuple[Tensor, Tensor]:
     """Weighted MSE of the denoiser on windows ``x0 (B, H, D)``; returns ``(loss, a0_mse)``."""
-    B = x0.shape[0]
-    n = torch.randint(0, sched.n_steps, (B,), generator=generator, device=x0.device)
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device)
-    xn = inpaint(sched.q_sample(x0, n, noise), x0[:, 0, act_dim:], act_dim)
+    n, noise, xn = noised_windows(sched, x0, act_dim, generator)
     target = noise if predict_epsilon else x0
     err = (net(xn, n) - target).square()  # (B, H, D)
     return (err * weights).mean(), err[:, 0, :act_dim].mean().detach()
@@ -355,10 +361,7 @@ def value_loss(
     generator: torch.Generator,
 ) -> tuple[Tensor, Tensor]:
     """MSE of ``J_φ(τ_n, n)`` against ``target (B,)`` on noised, inpainted windows."""
-    B = x0.shape[0]
-    n = torch.randint(0, sched.n_steps, (B,), generator=generator, device=x0.device)
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device)
-    xn = inpaint(sched.q_sample(x0, n, noise), x0[:, 0, act_dim:], act_dim)
+    n, _, xn = noised_windows(sched, x0, act_dim, generator)
     pred = net(xn, n)
     return (pred - target).square().mean(), pred.detach()
 
