@@ -87,19 +87,33 @@ def edac_diversity(grads: Tensor) -> Tensor:
     return pairwise.mean() / (n - 1)
 
 
-def edac_diversity_loss(critic: CriticEnsemble, obs: Tensor, act: Tensor) -> Tensor:
-    """EDAC's diversity term of ``critic`` at ``(obs (B, O), act (B, A))``, differentiable
-    in the critic's weights (the gradients are taken with ``create_graph=True``).
+def critic_values_with_action_grad(
+    critic: CriticEnsemble, obs: Tensor, act: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``Q_i(s, a)`` of every critic, ``(N, B)``, and the per-critic action copies
+    ``(N, B, A)`` they were computed from (leaves with ``requires_grad``).
 
-    Each critic gets its own copy of the actions, so one backward pass gives every
-    ``∇_a Q_i`` separately: ``(N, B, A)``.
+    Each critic gets its own copy of the actions, so one backward pass of ``q.sum()``
+    gives every ``∇_a Q_i`` separately. The values equal ``critic(obs, act)``: the
+    ensemble expands a shared input to ``(N, B, ·)`` anyway.
     """
     n = critic.n
     obs_n = obs.unsqueeze(0).expand(n, *obs.shape)
     act_n = act.detach().unsqueeze(0).expand(n, *act.shape).clone().requires_grad_(True)
-    q = critic(obs_n, act_n)  # (N, B): critic i sees its own copy of the rows
+    return critic(obs_n, act_n), act_n
+
+
+def edac_diversity_of(q: Tensor, act_n: Tensor) -> Tensor:
+    """EDAC's diversity term from ``q (N, B)`` computed on the per-critic action copies
+    ``act_n (N, B, A)`` (:func:`critic_values_with_action_grad`); differentiable in the
+    critics' weights (the gradients are taken with ``create_graph=True``)."""
     (grads,) = torch.autograd.grad(q.sum(), act_n, create_graph=True)
     return edac_diversity(grads)
+
+
+def edac_diversity_loss(critic: CriticEnsemble, obs: Tensor, act: Tensor) -> Tensor:
+    """EDAC's diversity term of ``critic`` at ``(obs (B, O), act (B, A))``."""
+    return edac_diversity_of(*critic_values_with_action_grad(critic, obs, act))
 
 
 @torch.no_grad()
@@ -129,11 +143,21 @@ class RAVLSAC(SAC):
         super().__init__(*args, **kwargs)
         self.eta = float(eta)
         self.last_diversity = 0.0
+        self._act_n: Tensor | None = None  # the action copies of the last critic_values
+
+    def critic_values(self, batch: TransitionBatch) -> Tensor:
+        if self.eta == 0.0:
+            return super().critic_values(batch)
+        # One forward serves both the TD loss and the diversity term (~10% per update).
+        q, self._act_n = critic_values_with_action_grad(self.critic, batch.obs, batch.act)
+        return q
 
     def extra_critic_loss(self, batch: TransitionBatch, q_values: Tensor) -> Tensor:
         if self.eta == 0.0:
             return q_values.new_zeros(())
-        div = edac_diversity_loss(self.critic, batch.obs, batch.act)
+        assert self._act_n is not None, "critic_values() runs first in SAC.update"
+        div = edac_diversity_of(q_values, self._act_n)
+        self._act_n = None
         self.last_diversity = float(div.detach())
         return self.eta * div
 
@@ -195,4 +219,12 @@ class RAVLAgent(ModelBasedOfflineAgent):
         return {"train/edac_diversity": self.sac.last_diversity}
 
 
-__all__ = ["RAVLSAC", "RAVLAgent", "RAVLConfig", "edac_diversity", "edac_diversity_loss"]
+__all__ = [
+    "RAVLSAC",
+    "RAVLAgent",
+    "RAVLConfig",
+    "critic_values_with_action_grad",
+    "edac_diversity",
+    "edac_diversity_loss",
+    "edac_diversity_of",
+]

@@ -25,6 +25,9 @@ Hooks for algorithms built on SAC (override in a subclass of :class:`SAC`):
 
 - ``critic_target(batch, next_act, next_logp) -> (B,)``: the Bellman target
   (MOBILE subtracts its penalty here; MBPO/RAVL keep the default).
+- ``critic_values(batch) -> (N, B)``: every critic's ``Q_i(s, a)`` on the batch, the
+  values regressed onto the target (RAVL computes them so that its diversity term can
+  reuse the same forward pass).
 - ``extra_critic_loss(batch, q_values) -> ()``: added to ``L_Q`` (EDAC/RAVL's
   gradient-diversity term plugs in here). ``q_values`` is ``(N, B)``.
 - ``extra_actor_loss(batch, act, logp, q) -> ()``: added to ``L_π``; ``act (B, A)``,
@@ -285,6 +288,11 @@ class SAC:
         not_done = (~batch.terminated).to(next_q.dtype)
         return batch.rew + self.cfg.gamma * not_done * (next_q - self.alpha * next_logp)
 
+    def critic_values(self, batch: TransitionBatch) -> Tensor:
+        """``Q_i(s, a)`` of every critic on the batch: ``(N, B)``."""
+        q: Tensor = self.critic(batch.obs, batch.act)
+        return q
+
     def extra_critic_loss(self, batch: TransitionBatch, q_values: Tensor) -> Tensor:
         """Added to the critic loss; ``q_values (N, B)``. Default: 0."""
         return q_values.new_zeros(())
@@ -304,7 +312,7 @@ class SAC:
         with torch.no_grad():
             next_act, next_logp = self.actor(batch.next_obs)
             target = self.critic_target(batch, next_act, next_logp)  # (B,)
-        q = self.critic(batch.obs, batch.act)  # (N, B)
+        q = self.critic_values(batch)  # (N, B)
         critic_loss = (q - target).square().mean(dim=1).sum()
         critic_loss = critic_loss + self.extra_critic_loss(batch, q)
         self.critic_opt.zero_grad(set_to_none=True)

@@ -14,7 +14,9 @@ runs do not fight over this machine's two cores):
 ``--model-seed K`` fits one model per dataset (in the ``mopo`` run of seed K, run first)
 and gives it to every run of that dataset, MOPO's other seeds included: a fit on 100k
 rows takes 10–25 min here, so this saves two fits per dataset, at the price of seeds that
-no longer vary the model (the table then says so).
+no longer vary the model (the table then says so). ``--model-run FILE=RUN`` gives every
+model-based run on ``FILE`` the model of an existing run ``RUN`` (fitted earlier, e.g. by
+a shorter table), so nothing is refitted.
 
 Every run uses the preset of its algorithm for the dataset's D4RL task (``--preset``,
 the papers' per-task values) with ``--run.total-steps UPDATES`` instead of the papers' 3M
@@ -106,6 +108,12 @@ def main() -> None:
         default=None,
         help="fit the model once per dataset, in the mopo run of this seed, and share it",
     )
+    p.add_argument(
+        "--model-run",
+        action="append",
+        default=[],
+        help="FILE=RUN_DIR: load the model of this existing run for FILE (no fit)",
+    )
     p.add_argument("--root", type=Path, default=Path("runs/offline_table"))
     p.add_argument("--out", type=Path, default=None, help="mbrl table --out prefix")
     p.add_argument(
@@ -120,14 +128,21 @@ def main() -> None:
     for item in args.agent_args:
         agent, _, flags = item.partition(":")
         extra_by_agent.setdefault(agent, []).extend(flags.split())
+    model_runs: dict[Path, Path] = {}
+    for item in args.model_run:
+        file_s, _, run_s = item.partition("=")
+        run_dir = Path(run_s).resolve()
+        if not (run_dir / "config.yaml").is_file():
+            raise SystemExit(f"--model-run {item}: {run_dir} is not a run directory.")
+        model_runs[Path(file_s).resolve()] = run_dir
     t_start = time.time()
     for item in args.dataset:
         path_s, _, preset = item.partition("=")
         dataset = Path(path_s).resolve()
         if not dataset.is_file() or not preset:
             raise SystemExit(f"--dataset {item}: give an existing file and =PRESET.")
-        shared: Path | None = None
-        if args.model_seed is not None:
+        shared: Path | None = model_runs.get(dataset)
+        if shared is None and args.model_seed is not None:
             fit_extra = list(extra_by_agent.get("mopo", []))
             shared = run_one(mbrl, "mopo", dataset, preset, args.model_seed, args, fit_extra)
         for seed in args.seeds:
@@ -135,7 +150,10 @@ def main() -> None:
             for agent in args.agents:
                 extra = list(extra_by_agent.get(agent, []))
                 users = MODEL_USERS if shared is None else ("mopo", *MODEL_USERS)
-                if agent in users and not (agent == "mopo" and seed == args.model_seed):
+                fits_here = (
+                    agent == "mopo" and seed == args.model_seed and dataset not in model_runs
+                )
+                if agent in users and not fits_here:
                     model_run = model_run or find_run(args.root, dataset, "mopo", seed)
                     if model_run is not None:
                         extra += ["--agent.load-dynamics", str(model_run)]

@@ -18,7 +18,13 @@ from d4rl_files import write_arrays, write_d4rl_file
 from mbrl.agents.bc import DeterministicPolicy
 from mbrl.agents.mobile import MOBILESAC, mobile_penalty, mobile_target
 from mbrl.agents.mopo import MOPOConfig, mopo_uncertainty
-from mbrl.agents.ravl import RAVLAgent, RAVLConfig, edac_diversity, edac_diversity_loss
+from mbrl.agents.ravl import (
+    RAVLSAC,
+    RAVLAgent,
+    RAVLConfig,
+    edac_diversity,
+    edac_diversity_loss,
+)
 from mbrl.agents.sac import SAC, CriticEnsemble, SACConfig
 from mbrl.checkpoint import find_latest, load_checkpoint
 from mbrl.cli import main
@@ -208,6 +214,39 @@ def test_edac_diversity_loss_uses_each_critics_own_action_gradient() -> None:
     loss.backward()  # differentiable in the critics' weights (create_graph)
     weights = [p for name, p in critic.named_parameters() if name.endswith("weight")]
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in weights)
+
+
+def test_ravl_critic_step_is_td_loss_plus_eta_times_diversity() -> None:
+    """RAVLSAC shares one critic forward between the TD loss and the diversity term; its
+    critic step must equal the step on ``Σ_i MSE_i + η·L_div`` computed separately."""
+    import copy
+
+    torch.manual_seed(0)
+    sac = RAVLSAC(4, 2, SACConfig(num_critics=5, hidden_sizes=(32, 32)), -np.ones(2),
+                  np.ones(2), "cpu", eta=0.5)  # fmt: skip
+    ref = copy.deepcopy(sac)
+    n = 64
+    batch = TransitionBatch(
+        obs=torch.randn(n, 4), act=torch.rand(n, 2) * 2 - 1, rew=torch.randn(n),
+        next_obs=torch.randn(n, 4), terminated=torch.rand(n) < 0.2,
+        truncated=torch.zeros(n, dtype=torch.bool),
+    )  # fmt: skip
+    torch.manual_seed(1)
+    with torch.no_grad():
+        next_act, next_logp = ref.actor(batch.next_obs)
+        target = ref.critic_target(batch, next_act, next_logp)
+    q = ref.critic(batch.obs, batch.act)
+    loss = (q - target).square().mean(dim=1).sum()
+    loss = loss + 0.5 * edac_diversity_loss(ref.critic, batch.obs, batch.act)
+    ref.critic_opt.zero_grad()
+    loss.backward()
+    ref.critic_opt.step()
+    torch.manual_seed(1)
+    metrics = sac.update(batch)
+    assert metrics["train/critic_loss"] == pytest.approx(float(loss), rel=1e-6)
+    for a, b in zip(sac.critic.parameters(), ref.critic.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    assert sac.last_diversity != 0.0
 
 
 def test_cosine_actor_lr_follows_cosine_annealing() -> None:
