@@ -24,7 +24,6 @@ import os
 import pickle
 import random
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -32,40 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from mbrl.atomic import write_bytes_atomic
 from mbrl.errors import MbrlError
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST_FILE = "latest"
 _STEP_RE = re.compile(r"^step_(\d+)\.pt$")
-
-
-# -- atomic writes -----------------------------------------------------------------
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable: fsync the directory entry (not possible on Windows)."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(file)`` on a temp file next to ``path``, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
@@ -75,12 +46,12 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path
     any, is left intact and no partial file appears under ``path``.
     """
     p = Path(path)
-    _atomic_write(p, lambda f: torch.save(state, f))
+    write_bytes_atomic(p, lambda f: torch.save(state, f))
     return p
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    _atomic_write(path, lambda f: f.write(text.encode()))
+    write_bytes_atomic(path, lambda f: f.write(text.encode()))
 
 
 # -- run directory rotation ------------------------------------------------------------

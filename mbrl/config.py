@@ -11,8 +11,6 @@ command-line overrides; the fully resolved config is written to the run director
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 import typing
 from dataclasses import dataclass
 from importlib import resources
@@ -22,6 +20,7 @@ from typing import Any, TypeVar
 import dacite
 import yaml
 
+from mbrl.atomic import write_text_atomic
 from mbrl.errors import MbrlError, did_you_mean
 
 C = TypeVar("C")
@@ -170,17 +169,7 @@ def load_yaml(path: Path | str) -> dict[str, Any]:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temp file and ``os.replace`` (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
 
 
 def save_yaml(data: Any, path: Path, header: str = "") -> None:

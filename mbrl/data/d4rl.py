@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -48,6 +47,7 @@ import h5py
 import numpy as np
 import torch
 
+from mbrl.atomic import atomic_path
 from mbrl.data.scores import FAMILY_GYM_ID, env_family
 from mbrl.errors import MbrlError
 from mbrl.types import TransitionBatch
@@ -660,15 +660,8 @@ def atomic_write(dst: Path, write: Callable[[Path], None], *, overwrite: bool = 
         raise MbrlError(
             f"'{dst}' already exists; pass overwrite=True (--overwrite) or choose another name."
         )
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(dst) as tmp:
         write(tmp)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dst
 
 

@@ -59,10 +59,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -73,6 +71,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from mbrl.atomic import atomic_path
 from mbrl.config import check_positive
 from mbrl.data.collect import collect_random, collect_rollouts
 from mbrl.data.d4rl import D4RLDataset, atomic_write, load_d4rl, save_d4rl
@@ -211,13 +210,8 @@ def _read_json(path: Path) -> Any:
 
 def _save_atomic(path: Path, save: Callable[[str], None], suffix: str) -> None:
     """``save(tmp_name)`` then rename (stable-baselines3 savers take a path name)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
-        save(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_path(path, suffix=suffix) as tmp:
+        save(str(tmp))
 
 
 def _remove_stale_temps(folder: Path) -> None:
