@@ -526,7 +526,8 @@ def cmd_table(argv: list[str]) -> int:
             runs: run directories or folders holding them (searched recursively).
             out: also write OUT.md, OUT.csv, OUT.tex and OUT.provenance.json.
             formats: which files to write with --out.
-            budgets: also report the return at these env-step budgets (online runs).
+            budgets: also report the return at these step budgets (env steps for online
+                runs, gradient updates for offline ones).
             compare: A B: probability that algorithm A improves on B (P(A > B)).
             mixed: runs of one agent and task with different configs: 'split' into
                 labelled rows, or 'error'.

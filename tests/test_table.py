@@ -72,6 +72,16 @@ def test_per_task_means_stds_and_normalized_scores_match_hand_values(root: Path)
     assert r["return@250_n"] == 3
 
 
+def test_offline_budgets_count_gradient_updates(tmp_path: Path) -> None:
+    for seed, final in enumerate((300.0, 500.0)):
+        curve = [(1000, 0.0), (2000, final / 2), (4000, final)]
+        write_run(tmp_path, "ravl", "Hopper-v4", seed, curve, dataset="hopper.hdf5")
+    t = build_table([tmp_path], budgets=[2500, 5000], reps=50)
+    r = row(t.per_task, "hopper.hdf5", "ravl")
+    assert r["return@2500_mean"] == pytest.approx(200.0) and r["return@2500_n"] == 2
+    assert math.isnan(r["return@5000_mean"])  # the runs stop at 4k updates
+
+
 def test_budget_beyond_a_runs_length_is_not_reported(root: Path) -> None:
     t = build_table([root], budgets=[100, 400], reps=100)
     r = row(t.per_task, HOPPER, "sac")

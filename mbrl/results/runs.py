@@ -115,8 +115,9 @@ class Run:
 
     def at_budget(self, budget: int, key: str = RETURN_KEY) -> float:
         """The evaluation at the largest step <= ``budget`` (NaN if the run's budget is
-        smaller or it has not evaluated by then)."""
-        if self.offline or self.total_steps < budget:
+        smaller or it has not evaluated by then). Steps are env steps for online runs and
+        gradient updates for offline ones."""
+        if self.total_steps < budget:
             return math.nan
         series = self.evals(key)
         series = series[series.index <= budget]

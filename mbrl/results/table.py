@@ -3,10 +3,11 @@
 Per (task, algorithm): the number of seeds, mean ± sample standard deviation
 (``ddof=1``) over seeds of the final evaluation return (``summary.json``: the last
 evaluation, not the best), the normalized score where the run knows reference scores,
-and for online runs the return at fixed step budgets (the evaluation at the largest
-step <= the budget, from ``metrics.csv``). Aggregate rows per algorithm: mean, median
-and IQM of normalized scores with 95% stratified-bootstrap CIs, and optionally the
-probability that one algorithm improves on another (see :mod:`mbrl.results.stats`).
+and the return at fixed step budgets (the evaluation at the largest step <= the budget,
+from ``metrics.csv``; env steps for online runs, gradient updates for offline ones).
+Aggregate rows per algorithm: mean, median and IQM of normalized scores with 95%
+stratified-bootstrap CIs, and optionally the probability that one algorithm improves on
+another (see :mod:`mbrl.results.stats`).
 
 Only finished runs (with ``summary.json``) are counted. Runs of one (agent, task)
 with different configs become separately labelled rows, or an error with
@@ -274,8 +275,8 @@ def _notes(t: ResultsTable) -> list[str]:
     ]
     if t.budgets:
         notes.append(
-            "Return @ N: the evaluation at the largest step <= N, online runs whose budget "
-            "reaches N."
+            "Return @ N: the evaluation at the largest step <= N (env steps online, gradient "
+            "updates offline), runs whose budget reaches N."
         )
     if len(t.aggregate):
         notes.append(
