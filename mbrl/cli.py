@@ -7,6 +7,7 @@ User errors (:class:`mbrl.errors.MbrlError`) print one message and exit 2.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -198,6 +199,9 @@ def cmd_eval(argv: list[str]) -> int:
     ) -> None:
         """Re-evaluate the latest checkpoint of a run directory.
 
+        The result, with the checkpoint, commit, date and machine, is also written to
+        RUN_DIR/evals/eval-<date>-<N>ep.json.
+
         Args:
             run_dir: the run's folder (holds config.yaml and checkpoints/).
             episodes: deterministic evaluation episodes.
@@ -213,11 +217,28 @@ def cmd_eval(argv: list[str]) -> int:
         cls = AGENTS.get(name).obj
         if not hasattr(cls, "evaluate_run"):
             raise MbrlError(f"agent '{name}' does not support re-evaluation (no evaluate_run).")
+        from mbrl.checkpoint import find_latest
+        from mbrl.config import write_atomic
+        from mbrl.rundir import provenance
+
+        checkpoint = find_latest(rd.path)
         result = cls.evaluate_run(rd, episodes=episodes, video=video, device=device)
+        # Keep every re-evaluation beside the run (summary.json stays the training's own).
+        record = {
+            "checkpoint": checkpoint.name if checkpoint else None,
+            "episodes": episodes,
+            "device": device,
+            "result": result,
+            **provenance(),
+        }
+        stamp = record["date"].replace(":", "").replace("-", "")[:15]
+        out = rd.path / "evals" / f"eval-{stamp}-{episodes}ep.json"
+        write_atomic(out, json.dumps(record, indent=2, default=str) + "\n")
         table = Table("metric", "value")
         for key, value in result.items():
             table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
         console.print(table)
+        console.print(f"saved to {out}")
 
     tyro.cli(evaluate, args=argv, prog="mbrl eval")
     return 0

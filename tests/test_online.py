@@ -162,6 +162,12 @@ def test_mbrl_eval_reproduces_the_final_evaluation(
     assert main(["eval", str(uninterrupted), "--episodes", "2"]) == 0
     out = capsys.readouterr().out
     assert f"{final['eval/return']:.4g}" in out
+    # ... and keeps the re-evaluation beside the run, with its provenance.
+    (saved,) = (uninterrupted / "evals").glob("eval-*-2ep.json")
+    record = json.loads(saved.read_text())
+    assert record["result"]["eval/return"] == pytest.approx(final["eval/return"])
+    assert record["episodes"] == 2 and record["checkpoint"].startswith("step_")
+    assert {"commit", "date", "machine"} <= record.keys()
 
 
 def test_resume_of_a_finished_run_trains_nothing(uninterrupted: Path, tmp_path: Path) -> None:
