@@ -1,0 +1,57 @@
+"""benchmarks/bench_planner_ceiling.py: true-dynamics returns and one short MPC episode."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from mbrl.models.oracle import OracleDynamics
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = "InvertedPendulum-v5"
+
+
+def _load_bench() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "bench_planner_ceiling", ROOT / "benchmarks" / "bench_planner_ceiling.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_bench()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_true_returns_count_steps_until_the_true_termination() -> None:
+    oracle = OracleDynamics(ENV, nthread=1)
+    # [cart pos, pole angle, cart vel, pole ang. vel]: upright and still vs already
+    # tipping fast (|angle| passes 0.2 on the first step: v5 pays 0 on that step)
+    starts = {"upright": [0.0, 0.0, 0.0, 0.0], "falling": [0.0, 0.19, 0.0, 5.0]}
+    zeros = torch.zeros(2, 4, 1)  # 2 candidates, H = 4, no force
+    got = {
+        k: bench.true_returns(oracle, torch.tensor([v]), zeros).tolist() for k, v in starts.items()
+    }
+    oracle.close()
+    assert got["upright"] == [4.0, 4.0]  # balanced for all 4 steps: +1 each
+    assert got["falling"] == [0.0, 0.0]  # terminated at once; nothing after counts
+
+
+def test_a_short_episode_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "ceiling"
+    report = bench.main(
+        ["--planners", "cem", "--horizons", "3", "--steps", "5", "--population", "8",
+         "--iterations", "1", "--out", str(out)]
+    )  # fmt: skip
+    (run,) = report["runs"]
+    assert run["planner"] == "cem" and run["horizon"] == 3
+    assert 1 <= run["steps"] <= 5 and run["return"] <= run["steps"]
+    assert json.loads(out.with_suffix(".json").read_text())["runs"][0]["steps"] == run["steps"]
+    assert "| cem | 3 | 0 |" in out.with_suffix(".md").read_text()
