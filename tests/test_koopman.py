@@ -423,3 +423,17 @@ def test_planning_objective_uses_the_parallel_sequence_path(
     for t in range(6):
         ret += env.step(actions[:, :, None, t].expand(2, 5, 4, 1).reshape(-1, 1)).rew
     torch.testing.assert_close(got, ret.view(2, 5, 4).mean(-1), atol=1e-4, rtol=1e-4)
+
+
+def test_chunked_cpu_inference_equals_the_batched_forward() -> None:
+    """Big no-grad batches go through cache-sized chunks per member; same numbers."""
+    from mbrl.models.koopman import CHUNK_ROWS, _MemberMLP
+
+    torch.manual_seed(0)
+    mlp = _MemberMLP(3, [4, 32, 32, 5], torch.tanh)
+    x = torch.randn(3, CHUNK_ROWS + 77, 2, 4)  # (E, ..., in): rows span 2+ chunks
+    batched = mlp(x)  # grad enabled: the plain baddbmm path
+    with torch.no_grad():
+        chunked = mlp(x)
+    assert chunked.shape == (3, CHUNK_ROWS + 77, 2, 5)
+    torch.testing.assert_close(chunked, batched.detach(), rtol=1e-5, atol=1e-6)
