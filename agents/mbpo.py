@@ -209,23 +209,7 @@ class MBPOConfig:
         return cfg
 
     def sac_config(self) -> SACConfig:
-        return SACConfig(
-            learning_rate=self.learning_rate,
-            buffer_size=self.buffer_size,
-            learning_starts=self.learning_starts,
-            batch_size=self.batch_size,
-            tau=self.tau,
-            gamma=self.gamma,
-            updates_per_step=self.updates_per_step,
-            hidden_sizes=tuple(self.hidden_sizes),
-            num_critics=self.num_critics,
-            target_entropy=self.target_entropy,
-            init_alpha=self.init_alpha,
-            learn_alpha=self.learn_alpha,
-            log_std_min=self.log_std_min,
-            log_std_max=self.log_std_max,
-            log_every=self.log_every,
-        )
+        return SACConfig.from_flat(self)  # SAC's fields appear here under SAC's names
 
     @property
     def real_rows(self) -> int:

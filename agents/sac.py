@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from itertools import pairwise
 from typing import Any
 
@@ -131,6 +131,17 @@ class SACConfig:
                 f"SACConfig.log_std_min={self.log_std_min} must be below "
                 f"log_std_max={self.log_std_max}."
             )
+
+    @classmethod
+    def from_flat(cls, cfg: object, **overrides: Any) -> SACConfig:
+        """The SAC settings carried by a flat agent config (MBPO's, the offline agents'):
+        every :class:`SACConfig` field that ``cfg`` also has, under the same name, then
+        ``overrides``."""
+        values = {f.name: getattr(cfg, f.name) for f in fields(cls) if hasattr(cfg, f.name)}
+        values.update(overrides)
+        if "hidden_sizes" in values:
+            values["hidden_sizes"] = tuple(values["hidden_sizes"])  # YAML gives lists
+        return cls(**values)
 
 
 # -- networks ------------------------------------------------------------------------

@@ -507,21 +507,8 @@ class OfflineModelBasedConfig:
         )
 
     def sac_config(self) -> SACConfig:
-        return SACConfig(
-            learning_rate=self.learning_rate,
-            learning_starts=0,
-            batch_size=self.batch_size,
-            tau=self.tau,
-            gamma=self.gamma,
-            hidden_sizes=tuple(self.hidden_sizes),
-            num_critics=self.num_critics,
-            target_entropy=self.target_entropy,
-            init_alpha=self.init_alpha,
-            learn_alpha=self.learn_alpha,
-            log_std_min=self.log_std_min,
-            log_std_max=self.log_std_max,
-            log_every=self.log_every,
-        )
+        # SAC's fields appear here under SAC's names; no warm-up: the data are all there
+        return SACConfig.from_flat(self, learning_starts=0)
 
     @property
     def real_rows(self) -> int:

@@ -284,3 +284,17 @@ def test_sac_learns_point_mass(tmp_path: Path) -> None:
     )["eval/return"]
     assert random_return < -1.5
     assert learned > random_return + 0.4, (learned, random_return)
+
+
+def test_sac_config_from_flat_takes_sacs_fields_by_name() -> None:
+    from mbrl.agents.mbpo import MBPOConfig
+    from mbrl.agents.ravl import RAVLConfig
+
+    mbpo = MBPOConfig(num_critics=3, hidden_sizes=[64, 64], updates_per_step=7)  # type: ignore[arg-type]
+    sac = mbpo.sac_config()
+    assert (sac.num_critics, sac.hidden_sizes, sac.updates_per_step) == (3, (64, 64), 7)
+    assert sac.learning_starts == mbpo.learning_starts and sac.gamma == mbpo.gamma
+    ravl = RAVLConfig(num_critics=5, log_std_min=-4.0).sac_config()
+    # offline: no warm-up, and fields SAC does not share (eta, rollout_length) are ignored
+    assert (ravl.num_critics, ravl.log_std_min, ravl.learning_starts) == (5, -4.0, 0)
+    assert ravl.updates_per_step == SACConfig().updates_per_step
