@@ -30,11 +30,11 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from mbrl.bench import write_report
 from mbrl.models.ensemble import EnsembleConfig, ProbabilisticEnsemble
 from mbrl.models.trainer import ModelTrainer, TrainerConfig
 from mbrl.rundir import cpu_model, git_commit, script_command
@@ -257,13 +257,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     report["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
 
-    md = markdown(report)
-    print(json.dumps(report, indent=2))
-    print(md)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{args.out}.json").write_text(json.dumps(report, indent=2) + "\n")
-        Path(f"{args.out}.md").write_text(md)
+    write_report(report, markdown(report), args.out)
     return report
 
 

@@ -72,7 +72,6 @@ import json
 import math
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -82,6 +81,7 @@ import torch
 import yaml
 from rich.console import Console
 
+from mbrl.bench import timeit
 from mbrl.config import RunConfig, from_dict, to_dict
 from mbrl.data.d4rl import D4RLDataset, trajectories
 from mbrl.data.datasets import load_dataset
@@ -327,18 +327,6 @@ def rollout_contestants(
         )
         fns["transformer PETS objective"] = objective(tf)
     return fns
-
-
-def timeit(fn: Callable[[], object], min_time: float, sync: Callable[[], None]) -> float:
-    """Seconds per call, averaged over a block of calls lasting at least ``min_time``."""
-    n, t0 = 0, time.perf_counter()
-    while True:
-        fn()
-        n += 1
-        sync()
-        elapsed = time.perf_counter() - t0
-        if elapsed >= min_time:
-            return elapsed / n
 
 
 def bench_rollouts(

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mbrl.bench import timeit
 from mbrl.envs import EnvSpec
 from mbrl.models.ensemble import EnsembleConfig, ProbabilisticEnsemble
 from mbrl.models.model_env import PROPAGATIONS, ModelEnv
@@ -57,18 +58,6 @@ HALFCHEETAH_FRAME_SKIP = 5
 def halfcheetah_reward(obs: Tensor, act: Tensor, next_obs: Tensor) -> Tensor:
     """HalfCheetah reward from observations: forward velocity − 0.1·|a|²."""
     return next_obs[:, 8] - 0.1 * act.square().sum(dim=1)
-
-
-def timeit(fn: Callable[[], object], min_time: float, sync: Callable[[], None]) -> float:
-    """Seconds per call, averaged over a block of calls lasting at least ``min_time``."""
-    n, t0 = 0, time.perf_counter()
-    while True:
-        fn()
-        n += 1
-        sync()
-        elapsed = time.perf_counter() - t0
-        if elapsed >= min_time:
-            return elapsed / n
 
 
 def roofline_fns(

@@ -30,12 +30,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -46,6 +44,7 @@ from stable_baselines3 import SAC as SB3SAC
 from stable_baselines3.common.logger import configure
 
 from mbrl.agents.sac import SAC, SACConfig
+from mbrl.bench import write_report
 from mbrl.data.buffer import ReplayBuffer
 from mbrl.rundir import cpu_model, git_commit, script_command
 
@@ -365,13 +364,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report["results"] = [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]
     report["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
 
-    md = markdown(report)
-    print(json.dumps(report, indent=2))
-    print(md)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{args.out}.json").write_text(json.dumps(report, indent=2) + "\n")
-        Path(f"{args.out}.md").write_text(md)
+    write_report(report, markdown(report), args.out)
     return report
 
 

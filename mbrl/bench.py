@@ -1,0 +1,42 @@
+"""Helpers shared by the scripts in ``benchmarks/``: timing and report files.
+
+Benchmarks print JSON and a markdown table and, with ``--out PREFIX``, write
+``PREFIX.json`` and ``PREFIX.md``; speeds are compared side by side in one run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def timeit(fn: Callable[[], object], min_time: float, sync: Callable[[], None]) -> float:
+    """Seconds per call, averaged over a block of calls lasting at least ``min_time``.
+
+    ``sync`` runs after every call (``torch.cuda.synchronize`` on a GPU, a no-op on CPU)
+    so that asynchronous kernels are counted.
+    """
+    n, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        sync()
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_time:
+            return elapsed / n
+
+
+def write_report(report: dict[str, Any], md: str, out: str | Path | None) -> None:
+    """Print ``report`` as JSON and ``md``; with ``out``, also write OUT.json and OUT.md."""
+    print(json.dumps(report, indent=2))
+    print(md)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(f"{out}.json").write_text(json.dumps(report, indent=2) + "\n")
+        Path(f"{out}.md").write_text(md)
+
+
+__all__ = ["timeit", "write_report"]
