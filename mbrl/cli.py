@@ -86,7 +86,7 @@ def train_usage() -> None:
         "usage: mbrl train AGENT [--preset NAME] [--config FILE.yaml] [--dataset SOURCE] "
         "[--FIELD VALUE]..."
     )
-    console.print("       mbrl train --resume RUN_DIR\n")
+    console.print("       mbrl train --resume RUN_DIR [--run.total-steps N]\n")
     console.print(
         "Train an agent online on --run.env, or offline on --run.dataset. Values come\n"
         "from the agent's defaults, then the preset (configs/AGENT/NAME.yaml) or --config\n"
@@ -112,14 +112,21 @@ def cmd_train(argv: list[str]) -> int:
 
     resume, argv = _pop_option(argv, "--resume")
     if resume is not None:
+        budget, argv = _pop_option(argv, "--run.total-steps", "--run.total_steps")
         if argv:
             raise MbrlError(
-                f"--resume continues a run with its saved config; drop the other "
-                f"arguments ({' '.join(argv)})."
+                f"--resume continues a run with its saved config (only --run.total-steps "
+                f"may raise its budget); drop the other arguments ({' '.join(argv)})."
             )
         run_dir = RunDir.open(resume)
         name = training.saved_agent_name(run_dir)
         cfg = training.load_run_config(run_dir, _config_class(AGENTS.get(name)))
+        if budget is not None:
+            try:
+                total = int(budget)
+            except ValueError:
+                raise MbrlError(f"--run.total-steps {budget!r}: give a whole number.") from None
+            training.extend_run(run_dir, name, cfg, total)
         out = training.train(name, cfg, resume=run_dir.path)
         _print_run_summary(out)
         return 0

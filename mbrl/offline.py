@@ -282,6 +282,12 @@ class OfflineAgent(ABC):
 
     log_every: int = 1_000
 
+    @classmethod
+    def extend_problem(cls, cfg: TrainConfig[Any]) -> str | None:
+        """Why this run's budget cannot be raised on resume (``None``: it can); see
+        :meth:`mbrl.online.OnlineAgent.extend_problem`."""
+        return None
+
     def __init__(self, cfg: TrainConfig[Any], ctx: RunContext) -> None:
         self.cfg, self.ctx = cfg, ctx
         self.device = ctx.device
@@ -532,6 +538,15 @@ class ModelBasedOfflineAgent(OfflineAgent):
     Subclasses choose the SAC variant (:meth:`make_sac`) and may penalize rollouts
     (:meth:`penalize`). The loop is in the module docstring.
     """
+
+    @classmethod
+    def extend_problem(cls, cfg: TrainConfig[Any]) -> str | None:
+        if cfg.agent.actor_lr_schedule == "cosine":
+            return (
+                "its actor step size follows a cosine schedule over the run's budget "
+                "(agent.actor_lr_schedule: cosine), which a larger budget would change"
+            )
+        return None
 
     def __init__(self, cfg: TrainConfig[Any], ctx: RunContext) -> None:
         super().__init__(cfg, ctx)

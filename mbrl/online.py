@@ -128,6 +128,16 @@ class OnlineAgent(ABC):
     """
 
     learning_starts: int = 0
+
+    @classmethod
+    def extend_problem(cls, cfg: TrainConfig[Any]) -> str | None:
+        """Why this run's budget cannot be raised on resume (``None``: it can).
+
+        ``mbrl train --resume RUN --run.total-steps N`` continues a run to a larger
+        budget; an agent whose training depends on the budget itself says so here.
+        """
+        return None
+
     buffer_capacity: int = 1_000_000
     log_every: int = 1_000
 

@@ -18,7 +18,7 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 import numpy as np
 import torch
 
-from mbrl.config import RunConfig, from_dict, load_yaml
+from mbrl.config import RunConfig, from_dict, load_yaml, save_yaml
 from mbrl.envs import get_env_spec
 from mbrl.errors import MbrlError
 from mbrl.registry import AGENTS
@@ -129,6 +129,43 @@ def load_run_config(run_dir: RunDir, agent_config: type) -> TrainConfig[Any]:
     agent: Any = from_dict(agent_config, data.get("agent", {}), source=f"{source} (agent)")
     run = from_dict(RunConfig, data.get("run", {}), source=f"{source} (run)")
     return TrainConfig(agent=agent, run=run)
+
+
+def extend_run(run_dir: RunDir, agent_name: str, cfg: TrainConfig[Any], total_steps: int) -> None:
+    """Raise the budget of the run in ``run_dir`` to ``total_steps`` before a resume.
+
+    The saved ``config.yaml`` gets the new ``run.total_steps`` (its header keeps the
+    original command and gains a line saying what changed, and when); a finished run's
+    ``summary.json`` is kept as ``summary-<old budget>.json``, since the run is no longer
+    finished. Refused, with the reason, for a smaller budget and for agents whose training
+    depends on the budget itself (:meth:`~mbrl.online.OnlineAgent.extend_problem`).
+    """
+    old = cfg.run.total_steps
+    if total_steps == old:
+        return
+    if total_steps < old:
+        raise MbrlError(
+            f"--run.total-steps {total_steps}: the run's budget is already {old}; a resume "
+            "can only raise it (start a new run for a shorter one)."
+        )
+    problem = getattr(AGENTS.get(agent_name).obj, "extend_problem", None)
+    reason = (
+        f"agent '{agent_name}' does not support it"
+        if problem is None
+        else problem(cfg)  # the class's own reason, or None
+    )
+    if reason is not None:
+        raise MbrlError(f"cannot raise the budget of {run_dir.path}: {reason}.")
+    cfg.run.total_steps = int(total_steps)
+    text = run_dir.config_path.read_text()
+    header = [line for line in text.splitlines() if line.startswith("#")]
+    stamp = provenance()["date"]
+    header.append(f"# {stamp}: run.total_steps raised from {old} to {total_steps} on resume")
+    data = load_yaml(run_dir.config_path)
+    data["run"]["total_steps"] = int(total_steps)
+    save_yaml(data, run_dir.config_path, header="\n".join(header))
+    if run_dir.summary_path.is_file():
+        run_dir.summary_path.replace(run_dir.path / f"summary-{old}.json")
 
 
 def saved_agent_name(run_dir: RunDir) -> str:

@@ -310,3 +310,19 @@ def test_cuda_buffer_samples_without_host_sync() -> None:
     restored = ReplayBuffer(12, O, A, device="cuda")
     restored.load_state_dict(state)
     assert torch.equal(restored.sample(16).obs, buf.sample(16).obs)
+
+
+@pytest.mark.parametrize("added", [5, 8])  # exactly full, and wrapped (oldest row at ptr)
+def test_state_loads_into_a_larger_buffer_oldest_first(added: int) -> None:
+    small = ReplayBuffer(5, 1, 1)
+    for i in range(added):
+        small.add([float(i)], [0.0], float(i), [float(i + 1)], False, i % 3 == 2)
+    big = ReplayBuffer(12, 1, 1)
+    big.load_state_dict(small.state_dict())
+    kept = list(range(added - 5, added))  # the last 5 rows, in the order they came
+    assert len(big) == 5 and big.rew[:5].tolist() == [float(i) for i in kept]
+    big.add([99.0], [0.0], 99.0, [100.0], False, False)  # written after them, not over
+    assert len(big) == 6 and big.rew[5].item() == 99.0
+    assert big.truncated[:5].tolist() == [i % 3 == 2 for i in kept]
+    with pytest.raises(MbrlError, match="capacity"):
+        ReplayBuffer(4, 1, 1).load_state_dict(small.state_dict())  # smaller: refused

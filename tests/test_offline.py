@@ -436,6 +436,26 @@ def test_killed_and_resumed_run_ends_identically(
     assert_same_run(full_run, run_dir)
 
 
+def test_raising_the_budget_on_resume_equals_the_longer_run(
+    full_run: Path, random_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "short"
+    assert main(offline_args("ravl", random_data, root, 40)) == 0
+    run_dir = only_run(root, "ravl")
+    assert main(["train", "--resume", str(run_dir), "--run.total-steps", "60"]) == 0
+    assert_same_run(full_run, run_dir)  # exactly the 60-update run
+    assert (run_dir / "summary-40.json").is_file()
+    # MOPO's presets anneal the actor's step size over the budget: refused, with the reason
+    mopo_root = tmp_path / "mopo"
+    cosine = ("--agent.actor-lr-schedule", "cosine")
+    assert main(offline_args("mopo", random_data, mopo_root, 20, *cosine)) == 0
+    mopo_run = only_run(mopo_root, "mopo")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(mopo_run), "--run.total-steps", "40"]) == 2
+    assert "cosine schedule" in capsys.readouterr().err
+    assert (mopo_run / "summary.json").is_file()  # nothing was changed
+
+
 def test_run_killed_during_the_model_fit_resumes_the_fit(
     full_run: Path, random_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

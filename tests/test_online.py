@@ -23,10 +23,10 @@ torch.set_num_threads(1)
 SEED = 5
 
 
-def sac_args(root: Path) -> list[str]:
+def sac_args(root: Path, total: int = 600) -> list[str]:
     """600 steps of small SAC on PointMass1D-v0 (30-step episodes), checkpoints every 200."""
     return [
-        "train", "sac", "--run.env", "PointMass1D-v0", "--run.total-steps", "600",
+        "train", "sac", "--run.env", "PointMass1D-v0", "--run.total-steps", str(total),
         "--run.seed", str(SEED), "--run.eval-every", "200", "--run.eval-episodes", "2",
         "--run.checkpoint-every", "200", "--run.keep-checkpoints", "5",
         "--run.run-root", str(root), "--run.no-progress", "--run.no-tensorboard",
@@ -101,6 +101,34 @@ def test_killed_and_resumed_run_ends_with_identical_metrics(
     for key, value in a["agent"]["actor"].items():
         assert torch.equal(value, b["agent"]["actor"][key]), key
     assert a["step"] == b["step"] == 600
+
+
+def test_raising_the_budget_on_resume_equals_the_longer_run(
+    uninterrupted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A finished 400-step run continued to 600 (`--resume RUN --run.total-steps 600`)
+    ends exactly like the 600-step run: the buffer grows, the schedule is unchanged."""
+    root = tmp_path / "runs"
+    assert main(sac_args(root, total=400)) == 0
+    run_dir = only_run(root)
+    short = json.loads((run_dir / "summary.json").read_text())
+    assert main(["train", "--resume", str(run_dir), "--run.total-steps", "600"]) == 0
+    want = json.loads((uninterrupted / "summary.json").read_text())
+    got = json.loads((run_dir / "summary.json").read_text())
+    assert got["final"] == want["final"] and got["total_steps"] == 600
+    # the 400-step summary is kept beside, and the config says what changed
+    assert json.loads((run_dir / "summary-400.json").read_text())["final"] == short["final"]
+    config = (run_dir / "config.yaml").read_text()
+    assert "total_steps: 600" in config and "raised from 400 to 600 on resume" in config
+    assert "# command:" in config  # the original command line is still there
+    evals = [r for r in read_metrics(run_dir / "metrics.csv") if r["key"] == "eval/return"]
+    assert [r["step"] for r in evals] == [200, 400, 600]
+    # a smaller budget, or other flags, are refused with a clear message
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_dir), "--run.total-steps", "300"]) == 2
+    assert "can only raise it" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run_dir), "--run.seed", "3"]) == 2
+    assert "only --run.total-steps" in capsys.readouterr().err
 
 
 def test_run_directory_buffer_resets_and_warmup_actions(uninterrupted: Path) -> None:

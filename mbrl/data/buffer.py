@@ -417,8 +417,13 @@ class ReplayBuffer:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`; capacity and dims must match this buffer."""
-        expected = {"capacity": self._capacity, "obs_dim": self.obs_dim, "act_dim": self.act_dim}
+        """Restore from :meth:`state_dict`; dims must match this buffer, and its capacity
+        must be at least the saved one (a larger buffer takes the saved rows oldest first,
+        e.g. when a run's budget is raised on resume)."""
+        saved_capacity = int(state.get("capacity", -1))
+        grow = 0 < saved_capacity < self._capacity
+        capacity = saved_capacity if grow else self._capacity
+        expected = {"capacity": capacity, "obs_dim": self.obs_dim, "act_dim": self.act_dim}
         keys = (*_FIELDS, "episode_id", "ptr", "size", "next_episode_id", "generator_state")
         missing = [k for k in (*keys, *expected) if k not in state]
         if missing:
@@ -437,12 +442,16 @@ class ReplayBuffer:
                 f"ReplayBuffer state's generator does not fit this buffer's device "
                 f"'{self.device}' ({e}). Load it into a buffer on the device it was saved from."
             ) from e
-        n = int(state["size"])
+        n, ptr = int(state["size"]), int(state["ptr"])
+        # into a larger buffer: chronological order (a full ring's oldest row is at ptr)
+        order = torch.arange(n)
+        if grow and n == saved_capacity:
+            order = (order + ptr) % n
         for name in (*_FIELDS, "episode_id"):
             dst = getattr(self, name)
             dst.zero_()
-            dst[:n] = state[name].to(device=self.device, dtype=dst.dtype)
-        self._ptr = int(state["ptr"])
+            dst[:n] = state[name][order].to(device=self.device, dtype=dst.dtype)
+        self._ptr = n % self._capacity if grow else ptr
         self._size = n
         self._next_episode_id.fill_(int(state["next_episode_id"]))
         self._starts_cache.clear()
