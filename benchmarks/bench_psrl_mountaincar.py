@@ -49,7 +49,7 @@ class GoalReached(Exception):
 def _stopping(cls: type[PETSAgent]) -> type[PETSAgent]:
     class Stopping(cls):
         def on_episode_end(self, step: int, buffer: ReplayBuffer) -> dict[str, float]:
-            i = (buffer._ptr - 1) % buffer.capacity  # the episode's last transition
+            i = buffer.last_index  # the episode's last transition
             reached = bool(buffer.terminated[i])
             out: dict[str, float] = super().on_episode_end(step, buffer)
             if reached:

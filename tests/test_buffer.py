@@ -326,3 +326,11 @@ def test_state_loads_into_a_larger_buffer_oldest_first(added: int) -> None:
     assert big.truncated[:5].tolist() == [i % 3 == 2 for i in kept]
     with pytest.raises(MbrlError, match="capacity"):
         ReplayBuffer(4, 1, 1).load_state_dict(small.state_dict())  # smaller: refused
+
+
+def test_last_index_follows_the_ring() -> None:
+    buf = ReplayBuffer(3, 1, 1)
+    assert buf.last_index == -1
+    for i in range(5):  # rows 0 1 2, then 3 -> row 0, 4 -> row 1
+        buf.add([float(i)], [0.0], float(i), [0.0], False, False)
+        assert buf.last_index == i % 3 and buf.rew[buf.last_index].item() == float(i)

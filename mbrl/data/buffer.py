@@ -141,6 +141,11 @@ class ReplayBuffer:
         return self._size
 
     @property
+    def last_index(self) -> int:
+        """Row of the most recently added transition (``-1`` while empty)."""
+        return (self._ptr - 1) % self._capacity if self._size else -1
+
+    @property
     def generator(self) -> torch.Generator:
         """The generator behind :meth:`sample` and :meth:`sample_sequences`."""
         return self._generator
