@@ -8,10 +8,10 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from point_mass_data import point_mass_episodes
 
 from mbrl.data.buffer import ReplayBuffer
 from mbrl.envs import get_env_spec
-from mbrl.envs.point_mass import PointMass1D
 from mbrl.errors import MbrlError
 from mbrl.models.evaluation import open_loop_errors_detailed
 from mbrl.models.koopman import KoopmanConfig, KoopmanModel, koopman_step_fn
@@ -198,21 +198,6 @@ def test_reencoding_changes_predictions_only_after_each_k_steps(k: int) -> None:
 
 
 # -- fitting on the 1-D point mass ----------------------------------------------------------------
-def _point_mass_episodes(n: int, seed: int) -> list[dict[str, np.ndarray]]:
-    env, rng, out = PointMass1D(), np.random.default_rng(seed), []
-    for i in range(n):
-        o, _ = env.reset(seed=seed * 1000 + i)
-        rows: dict[str, list[np.ndarray]] = {"obs": [], "act": [], "rew": [], "next_obs": []}
-        for _ in range(30):
-            a = rng.uniform(-1, 1, size=1).astype(np.float32)
-            o2, r, *_ = env.step(a)
-            for key, v in zip(rows, (o, a, np.float32(r), o2), strict=True):
-                rows[key].append(v)
-            o = o2
-        out.append({key: np.asarray(v) for key, v in rows.items()})
-    return out
-
-
 @pytest.fixture(scope="module")
 def fitted() -> tuple[KoopmanModel, object, object]:
     H = 10
@@ -221,8 +206,8 @@ def fitted() -> tuple[KoopmanModel, object, object]:
     )  # trained through the parallel scan (the CPU default would be the recurrence)
     torch.manual_seed(0)
     model = KoopmanModel(2, 1, cfg)
-    train = windows_from_trajectories(_point_mass_episodes(100, 1), H)  # 3000 transitions
-    held = windows_from_trajectories(_point_mass_episodes(20, 2), H)
+    train = windows_from_trajectories(point_mass_episodes(100, 1), H)  # 3000 transitions
+    held = windows_from_trajectories(point_mass_episodes(20, 2), H)
     trainer = SequenceTrainer(
         model, SequenceTrainerConfig(lr=3e-3, batch_size=32, max_grad_steps=600, patience=100)
     )

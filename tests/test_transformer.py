@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from point_mass_data import point_mass_episodes
 
 from mbrl.envs import get_env_spec
-from mbrl.envs.point_mass import PointMass1D
 from mbrl.errors import MbrlError
 from mbrl.models.evaluation import open_loop_errors_detailed
 from mbrl.models.model_env import ModelEnv
@@ -246,28 +246,13 @@ def test_overfits_a_tiny_dataset(tokenization: str) -> None:
     assert losses[0] > 10 * losses[-1], (losses[0], losses[-1])
 
 
-def _point_mass_episodes(n: int, seed: int) -> list[dict[str, np.ndarray]]:
-    env, rng, out = PointMass1D(), np.random.default_rng(seed), []
-    for i in range(n):
-        o, _ = env.reset(seed=seed * 1000 + i)
-        rows: dict[str, list[np.ndarray]] = {"obs": [], "act": [], "rew": [], "next_obs": []}
-        for _ in range(30):
-            a = rng.uniform(-1, 1, size=1).astype(np.float32)
-            o2, r, *_ = env.step(a)
-            for key, v in zip(rows, (o, a, np.float32(r), o2), strict=True):
-                rows[key].append(v)
-            o = o2
-        out.append({key: np.asarray(v) for key, v in rows.items()})
-    return out
-
-
 @pytest.fixture(scope="module")
 def fitted() -> tuple[TransformerModel, object, object]:
     cfg = TransformerConfig(num_members=2, d_model=32, context=10)
     torch.manual_seed(0)
     model = TransformerModel(2, 1, cfg)
-    train = windows_from_trajectories(_point_mass_episodes(60, 1), 10)
-    held = windows_from_trajectories(_point_mass_episodes(10, 2), 10)
+    train = windows_from_trajectories(point_mass_episodes(60, 1), 10)
+    held = windows_from_trajectories(point_mass_episodes(10, 2), 10)
     trainer = SequenceTrainer(
         model, SequenceTrainerConfig(lr=2e-3, batch_size=32, max_grad_steps=250, patience=100)
     )
