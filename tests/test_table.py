@@ -14,7 +14,7 @@ from synthetic_runs import write_run
 from mbrl.cli import main
 from mbrl.errors import MbrlError
 from mbrl.results import stats
-from mbrl.results.runs import load_runs
+from mbrl.results.runs import find_run_dirs, load_runs
 from mbrl.results.table import build_table, to_latex, to_markdown, write_table
 
 # Final returns per (agent, task, seed); Hopper refs (0, 200), Walker refs (-100, 100).
@@ -278,3 +278,13 @@ def test_runs_reusing_a_fitted_model_are_seeds_of_one_config(tmp_path: Path) -> 
     t = build_table([tmp_path], reps=10)
     assert list(t.per_task["seeds"]) == [3, 1]
     assert list(t.per_task["algorithm"]) == ["ravl [lr=0.001]", "ravl [lr=0.003]"]
+
+
+def test_symlinked_runs_are_found_once(tmp_path: Path) -> None:
+    real = write_run(tmp_path / "elsewhere", "ravl", "Hopper-v4", 0, [(100, 5.0)])
+    gathered = tmp_path / "results" / "ravl"
+    gathered.mkdir(parents=True)
+    (gathered / "seed0").symlink_to(real, target_is_directory=True)
+    assert find_run_dirs([tmp_path / "results"]) == [gathered / "seed0"]
+    # reached through the link and directly: one run, not two
+    assert len(find_run_dirs([tmp_path / "results", tmp_path / "elsewhere"])) == 1

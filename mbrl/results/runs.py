@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -181,19 +182,29 @@ def read_run(path: Path) -> Run:
 
 def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
     """Every run directory at or below ``paths`` (folders holding config.yaml and
-    metrics.csv or summary.json; a sweep's own ``.sweep`` folder is skipped)."""
-    found: set[Path] = set()
+    metrics.csv or summary.json; a sweep's own ``.sweep`` folder is skipped).
+
+    Symlinked folders are followed (runs gathered into a results folder by links), and a
+    run reached by several paths counts once.
+    """
+    found: dict[str, Path] = {}
+    visited: set[str] = set()
     for root in paths:
         root = Path(root)
         if not root.exists():
             raise MbrlError(f"'{root}' does not exist; pass run directories or folders of runs.")
-        for cfg in [root / CONFIG_FILE, *root.rglob(CONFIG_FILE)]:
-            d = cfg.parent
-            if ".sweep" in d.parts or not cfg.is_file():
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in visited or ".sweep" in Path(dirpath).parts:
+                dirnames[:] = []  # a link cycle, a folder seen before, or a sweep's own files
                 continue
-            if (d / METRICS_FILE).is_file() or (d / SUMMARY_FILE).is_file():
-                found.add(d)
-    return sorted(found)
+            visited.add(real)
+            d = Path(dirpath)
+            if CONFIG_FILE in filenames and (
+                (d / METRICS_FILE).is_file() or (d / SUMMARY_FILE).is_file()
+            ):
+                found.setdefault(real, d)
+    return sorted(found.values())
 
 
 def _is_training_run(path: Path) -> bool:
