@@ -243,7 +243,7 @@ def test_ravl_critic_step_is_td_loss_plus_eta_times_diversity() -> None:
     ref.critic_opt.step()
     torch.manual_seed(1)
     metrics = sac.update(batch)
-    assert metrics["train/critic_loss"] == pytest.approx(float(loss), rel=1e-6)
+    assert metrics["train/critic_loss"] == pytest.approx(float(loss.detach()), rel=1e-6)
     for a, b in zip(sac.critic.parameters(), ref.critic.parameters(), strict=True):
         torch.testing.assert_close(a, b)
     assert sac.last_diversity != 0.0
