@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import time
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -33,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mbrl.bench import append_run
 from mbrl.models.oracle import OracleDynamics
 from mbrl.planners.base import Planner
 from mbrl.registry import PLANNERS
@@ -161,11 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for horizon in (int(h) for h in args.horizons.split(",")):
             for name in args.planners.split(","):
                 r = run_one(args.env, name, horizon, args, seed)
-                print(json.dumps(r), flush=True)
-                report["runs"].append(r)
-                if args.out:  # partial results survive an interrupted run
-                    Path(f"{args.out}.json").write_text(json.dumps(report, indent=2) + "\n")
-                    Path(f"{args.out}.md").write_text(markdown(report))
+                append_run(report, r, markdown, args.out)
     print(markdown(report))
     return report
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import torch
 
 from mbrl.agents.pets import PETSAgent, PETSConfig
 from mbrl.agents.psrl import PSRLAgent, PSRLConfig
+from mbrl.bench import append_run
 from mbrl.config import RunConfig, from_dict, load_preset
 from mbrl.data.buffer import ReplayBuffer
 from mbrl.registry import AGENTS
@@ -175,11 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for seed in (int(s) for s in args.seeds.split(",")):
         for name in names:  # interleaved, so drift in machine load hits both alike
             r = run_one(name, seed, args.max_episodes, root)
-            print(json.dumps(r), flush=True)
-            report["runs"].append(r)
-            if args.out:  # partial results survive an interrupted run
-                Path(f"{args.out}.json").write_text(json.dumps(report, indent=2) + "\n")
-                Path(f"{args.out}.md").write_text(markdown(report))
+            append_run(report, r, markdown, args.out)
     print(markdown(report))
     return report
 

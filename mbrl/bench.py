@@ -39,4 +39,20 @@ def write_report(report: dict[str, Any], md: str, out: str | Path | None) -> Non
         Path(f"{out}.md").write_text(md)
 
 
-__all__ = ["timeit", "write_report"]
+def append_run(
+    report: dict[str, Any],
+    run: dict[str, Any],
+    render: Callable[[dict[str, Any]], str],
+    out: str | Path | None,
+) -> None:
+    """Add one finished run to ``report["runs"]``, print it as a JSON line, and with
+    ``out`` rewrite OUT.json and OUT.md (``render(report)``) so that partial results
+    survive an interrupted benchmark."""
+    print(json.dumps(run), flush=True)
+    report["runs"].append(run)
+    if out:
+        Path(f"{out}.json").write_text(json.dumps(report, indent=2) + "\n")
+        Path(f"{out}.md").write_text(render(report))
+
+
+__all__ = ["append_run", "timeit", "write_report"]
