@@ -29,14 +29,18 @@ def timeit(fn: Callable[[], object], min_time: float, sync: Callable[[], None]) 
             return elapsed / n
 
 
+def _write_files(report: dict[str, Any], md: str, out: str | Path) -> None:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out}.json").write_text(json.dumps(report, indent=2) + "\n")
+    Path(f"{out}.md").write_text(md)
+
+
 def write_report(report: dict[str, Any], md: str, out: str | Path | None) -> None:
     """Print ``report`` as JSON and ``md``; with ``out``, also write OUT.json and OUT.md."""
     print(json.dumps(report, indent=2))
     print(md)
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{out}.json").write_text(json.dumps(report, indent=2) + "\n")
-        Path(f"{out}.md").write_text(md)
+        _write_files(report, md, out)
 
 
 def append_run(
@@ -51,8 +55,7 @@ def append_run(
     print(json.dumps(run), flush=True)
     report["runs"].append(run)
     if out:
-        Path(f"{out}.json").write_text(json.dumps(report, indent=2) + "\n")
-        Path(f"{out}.md").write_text(render(report))
+        _write_files(report, render(report), out)
 
 
 __all__ = ["append_run", "timeit", "write_report"]

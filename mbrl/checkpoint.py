@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mbrl.atomic import write_bytes_atomic
+from mbrl.atomic import write_bytes_atomic, write_text_atomic
 from mbrl.errors import MbrlError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -48,10 +48,6 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path
     p = Path(path)
     write_bytes_atomic(p, lambda f: torch.save(state, f))
     return p
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, lambda f: f.write(text.encode()))
 
 
 # -- run directory rotation ------------------------------------------------------------
@@ -85,7 +81,7 @@ def save_run_checkpoint(
     if int(keep) < 1:
         raise MbrlError(f"checkpoint keep must be >= 1, got {keep}.")
     path = save_checkpoint(checkpoint_path(run_dir, step), state)
-    _write_text_atomic(path.parent / LATEST_FILE, path.name + "\n")
+    write_text_atomic(path.parent / LATEST_FILE, path.name + "\n")
     for old in list_checkpoints(run_dir)[: -int(keep)]:
         if old != path:
             old.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import dacite
 import yaml
 
-from mbrl.atomic import write_text_atomic
+from mbrl.atomic import write_text_atomic as write_atomic  # re-exported: used across mbrl
 from mbrl.errors import MbrlError, did_you_mean
 
 C = TypeVar("C")
@@ -165,11 +165,6 @@ def load_yaml(path: Path | str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise MbrlError(f"config file '{path}' must hold a mapping (key: value lines).")
     return data
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file and ``os.replace`` (never half-written)."""
-    write_text_atomic(path, text)
 
 
 def save_yaml(data: Any, path: Path, header: str = "") -> None:

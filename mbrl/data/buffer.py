@@ -449,13 +449,13 @@ class ReplayBuffer:
             ) from e
         n, ptr = int(state["size"]), int(state["ptr"])
         # into a larger buffer: chronological order (a full ring's oldest row is at ptr)
-        order = torch.arange(n)
-        if grow and n == saved_capacity:
-            order = (order + ptr) % n
+        rotate = grow and n == saved_capacity and ptr != 0
+        order = (torch.arange(n) + ptr) % n if rotate else None
         for name in (*_FIELDS, "episode_id"):
             dst = getattr(self, name)
             dst.zero_()
-            dst[:n] = state[name][order].to(device=self.device, dtype=dst.dtype)
+            src = state[name] if order is None else state[name][order.to(state[name].device)]
+            dst[:n] = src.to(device=self.device, dtype=dst.dtype)
         self._ptr = n % self._capacity if grow else ptr
         self._size = n
         self._next_episode_id.fill_(int(state["next_episode_id"]))
