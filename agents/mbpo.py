@@ -348,7 +348,8 @@ class MBPOAgent(OnlineAgent):
         old = self.model_buffer
         if old is not None and old.capacity == capacity:
             return
-        seed = int(torch.randint(0, 2**62, (1,), generator=self.rollout_generator).item())
+        g = self.rollout_generator
+        seed = int(torch.randint(0, 2**62, (1,), generator=g, device=g.device).item())
         new = ReplayBuffer(capacity, self.obs_dim, self.act_dim, self.device, seed=seed)
         if old is not None and len(old) > 0:
             kept = old.transitions()

@@ -206,6 +206,9 @@ class ModelEnv:
         )
         self._host_gen.manual_seed(int(seed))  # one sync per reset (not per step)
         self._elites = sorted(int(i) for i in self.model.elite_idx.tolist())
+        if getattr(self, "_elite_pos_of", None) != self._elites:  # rebuilt after a refit
+            self._elite_pos = _elite_positions(self._elites, self.device)
+            self._elite_pos_of = list(self._elites)
         self._counts, self._order = [], None
         self._obs = start_obs.to(self.device, torch.float32)
         self._done = torch.zeros(start_obs.shape[0], dtype=torch.bool, device=self.device)
@@ -288,11 +291,14 @@ class ModelEnv:
 
     def _grouped_ids(self, counts: list[int], B: int) -> Tensor:
         """Member id of each position of the grouped layout: ``(B,)`` long."""
-        return torch.repeat_interleave(
-            torch.arange(len(counts), device=self.device),
-            torch.tensor(counts, device=self.device),
-            output_size=B,
-        )
+        # one fill per member: copying `counts` to a GPU would block the host
+        ids = torch.empty(B, dtype=torch.long, device=self.device)
+        start = 0
+        for e, n in enumerate(counts):
+            if n:
+                ids[start : start + n] = e
+            start += n
+        return ids
 
     @property
     def last_member(self) -> Tensor:
@@ -354,7 +360,7 @@ class ModelEnv:
             if self.propagation == "mean":
                 sample = mean_all.mean(0)
             else:  # pick each row's own member from the all-elites predictions
-                pos = _positions(self._member_of_rows(B), self._elites, self.device)
+                pos = self._elite_pos[self._member_of_rows(B)]
                 rows = torch.arange(B, device=self.device)
                 sample = mean_all[pos, rows]
                 if noise is not None and logvar_all is not None:
@@ -551,11 +557,12 @@ class ModelEnv:
         )
 
 
-def _positions(member: Tensor, elites: list[int], device: torch.device) -> Tensor:
-    """Map member ids to their index in the sorted elite list."""
-    lookup = torch.full((max(elites) + 1,), -1, dtype=torch.long, device=device)
-    lookup[torch.tensor(elites, device=device)] = torch.arange(len(elites), device=device)
-    return lookup[member]
+def _elite_positions(elites: list[int], device: torch.device) -> Tensor:
+    """Lookup ``(max(elites) + 1,)``: a member id's index in the sorted elite list (-1:
+    not an elite). Built once per reset, so that no step copies host data to a GPU."""
+    lookup = torch.full((max(elites) + 1,), -1, dtype=torch.long)
+    lookup[elites] = torch.arange(len(elites))
+    return lookup.to(device)
 
 
 def _uncertainty(mean: Tensor, logvar: Tensor | None, g: int) -> tuple[Tensor, Tensor]:
