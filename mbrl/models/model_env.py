@@ -166,6 +166,9 @@ class ModelEnv:
         self._counts: list[int] = []  # rows per member (E entries), grouped by member
         self._order: Tensor | None = None  # row permutation matching _counts
         self._ws: dict[str, Tensor] = {}  # scratch buffers reused across steps
+        # elite id -> index among the sorted elites, on the device (see reset)
+        self._elite_pos = torch.empty(0, dtype=torch.long, device=self.device)
+        self._elite_pos_of: tuple[tuple[int, ...], torch.device] | None = None
 
     # -- state -----------------------------------------------------------------------
     @property
@@ -206,9 +209,10 @@ class ModelEnv:
         )
         self._host_gen.manual_seed(int(seed))  # one sync per reset (not per step)
         self._elites = sorted(int(i) for i in self.model.elite_idx.tolist())
-        if getattr(self, "_elite_pos_of", None) != self._elites:  # rebuilt after a refit
+        key = (tuple(self._elites), self.device)
+        if self._elite_pos_of != key:  # rebuilt only after a refit or a move to a device
             self._elite_pos = _elite_positions(self._elites, self.device)
-            self._elite_pos_of = list(self._elites)
+            self._elite_pos_of = key
         self._counts, self._order = [], None
         self._obs = start_obs.to(self.device, torch.float32)
         self._done = torch.zeros(start_obs.shape[0], dtype=torch.bool, device=self.device)
@@ -267,11 +271,7 @@ class ModelEnv:
         # reused buffers: fresh multi-MB tensors every step cost page faults (~5% here)
         perm = self._workspace("perm", (B,), torch.long)
         torch.randperm(B, generator=self._gen, device=self.device, out=perm)
-        ids = self._workspace("ids", (B,), torch.long)
-        start = 0
-        for e, n in enumerate(counts):
-            ids[start : start + n] = e
-            start += n
+        ids = self._fill_grouped_ids(counts, self._workspace("ids", (B,), torch.long))
         member = self._workspace("member", (B,), torch.long).index_copy_(0, perm, ids)
         values = self._workspace("sorted", (B,), torch.long)
         order = self._workspace("order", (B,), torch.long)
@@ -289,10 +289,10 @@ class ModelEnv:
             self._ws[name] = buf
         return buf[:numel].view(shape)
 
-    def _grouped_ids(self, counts: list[int], B: int) -> Tensor:
-        """Member id of each position of the grouped layout: ``(B,)`` long."""
-        # one fill per member: copying `counts` to a GPU would block the host
-        ids = torch.empty(B, dtype=torch.long, device=self.device)
+    @staticmethod
+    def _fill_grouped_ids(counts: list[int], ids: Tensor) -> Tensor:
+        """Write the member id of each position of the grouped layout into ``ids (B,)``:
+        one fill per member (copying ``counts`` to a GPU would block the host)."""
         start = 0
         for e, n in enumerate(counts):
             if n:
@@ -313,7 +313,9 @@ class ModelEnv:
         return self._member_of_rows(B)
 
     def _member_of_rows(self, B: int) -> Tensor:
-        ids = self._grouped_ids(self._counts, B)
+        ids = self._fill_grouped_ids(
+            self._counts, torch.empty(B, dtype=torch.long, device=self.device)
+        )
         if self._order is None:
             return ids
         return torch.empty_like(ids).index_copy_(0, self._order, ids)
