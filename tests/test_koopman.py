@@ -161,9 +161,9 @@ def test_predict_sequence_grouped_runs_each_row_through_its_own_member() -> None
     calls: list[tuple[int, ...]] = []
     predict_sequence = model.predict_sequence
 
-    def spy(o: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def spy(o: torch.Tensor, a: torch.Tensor, **kw: bool) -> tuple[torch.Tensor, torch.Tensor]:
         calls.append(tuple(o.shape))
-        return predict_sequence(o, a)
+        return predict_sequence(o, a, **kw)
 
     model.predict_sequence = spy  # type: ignore[method-assign]
     nobs, rew = model.predict_sequence_grouped(obs0, act, counts, order)
@@ -171,6 +171,10 @@ def test_predict_sequence_grouped_runs_each_row_through_its_own_member() -> None
     torch.testing.assert_close(nobs, full_obs[member, rows], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(rew, full_rew[member, rows], rtol=1e-5, atol=1e-5)
     assert calls == [(3, 5, O)]  # one batched call on E x max(counts) rows, not E x 7
+    # without the reward decoder: the same observations, zeros for the reward
+    nobs2, rew2 = model.predict_sequence_grouped(obs0, act, counts, order, with_reward=False)
+    torch.testing.assert_close(nobs2, nobs)
+    assert rew2.shape == rew.shape and not rew2.any()
     with pytest.raises(MbrlError, match="counts"):
         model.predict_sequence_grouped(obs0, act, [3, 4])
 

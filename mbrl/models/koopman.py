@@ -425,6 +425,7 @@ class KoopmanModel(MemberEnsemble):
         act: Tensor,
         reencode_every: int | None = None,
         method: str | None = None,
+        with_reward: bool = True,
     ) -> tuple[Tensor, Tensor]:
         """Open-loop prediction of a whole action sequence, every member, raw units.
 
@@ -434,6 +435,9 @@ class KoopmanModel(MemberEnsemble):
             reencode_every: ``k >= 1``: decode and re-encode the latent every ``k`` steps
                 (Fathi et al.); ``0``: never; ``None``: ``cfg.reencode_every``.
             method: one of :data:`PARALLEL_METHODS` (``None``: ``cfg.parallel``).
+            with_reward: ``False`` skips the reward decoder (a third of the work) and
+                returns zeros for ``rew``: for callers that score with the task's own
+                reward function (``ModelEnv`` with a ``reward_fn``).
 
         Returns:
             ``next_obs (E, B, H, O)`` (entry ``t``: the observation after ``t + 1``
@@ -455,13 +459,22 @@ class KoopmanModel(MemberEnsemble):
             z = self.unroll(z0, uc, method)
             nobs = self.decode_obs(z)
             obs_parts.append(nobs)
-            rew_parts.append(self.decode_reward(z, act[:, :, c : c + k]))
+            if with_reward:
+                rew_parts.append(self.decode_reward(z, act[:, :, c : c + k]))
             start_obs = nobs[:, :, -1]
-        return torch.cat(obs_parts, dim=2), torch.cat(rew_parts, dim=2)
+        next_obs = torch.cat(obs_parts, dim=2)
+        if not with_reward:
+            return next_obs, next_obs.new_zeros(next_obs.shape[:3])
+        return next_obs, torch.cat(rew_parts, dim=2)
 
     @torch.no_grad()
     def predict_sequence_grouped(
-        self, obs0: Tensor, act: Tensor, counts: Sequence[int], order: Tensor | None = None
+        self,
+        obs0: Tensor,
+        act: Tensor,
+        counts: Sequence[int],
+        order: Tensor | None = None,
+        with_reward: bool = True,
     ) -> tuple[Tensor, Tensor]:
         """:meth:`predict_sequence` with each row through its own member only (what
         ``ModelEnv``'s MPC objective calls for ``fixed_member``/``episode_member``).
@@ -470,6 +483,7 @@ class KoopmanModel(MemberEnsemble):
             obs0: ``(B, O)``; act: ``(B, H, A)`` raw.
             counts, order: rows ``order[s_e : s_e + counts[e]]`` belong to member ``e``
                 (``order=None``: already grouped in member order).
+            with_reward: as in :meth:`predict_sequence`.
 
         Returns:
             ``next_obs (B, H, O)`` and ``rew (B, H)``, row-aligned with the inputs.
@@ -481,7 +495,7 @@ class KoopmanModel(MemberEnsemble):
                 f"B={B} (act {tuple(act.shape)}), got {list(counts)}."
             )
         idx = padded_member_rows(counts, order, obs0.device)  # (E, M)
-        nobs, rew = self.predict_sequence(obs0[idx], act[idx])  # (E, M, H, O), (E, M, H)
+        nobs, rew = self.predict_sequence(obs0[idx], act[idx], with_reward=with_reward)
         return scatter_member_rows(nobs, idx, counts, B), scatter_member_rows(rew, idx, counts, B)
 
     # -- training ---------------------------------------------------------------------------

@@ -558,9 +558,13 @@ class TransformerModel(MemberEnsemble):
         counts: Sequence[int],
         order: Tensor | None = None,
         use_cache: bool = True,
+        with_reward: bool = True,
     ) -> tuple[Tensor, Tensor]:
         """Open-loop rollouts, each row through its own member only (``E``× less work
         than :meth:`predict_sequence`, which runs every member on every row).
+
+        ``with_reward`` is accepted for the ``ModelEnv`` interface and ignored: the reward
+        is one linear head on the shared trunk, so it is always returned.
 
         Args:
             obs0: ``(B, O)``; act: ``(B, H, A)`` raw.
