@@ -497,9 +497,7 @@ class ModelEnv:
         # the task's reward function scores: the model's reward decoder can be skipped
         kw = {"with_reward": False} if self.reward_fn is not None else {}
         if hasattr(seq_model, "predict_sequence_grouped"):  # each row by its member only
-            nxt, r = seq_model.predict_sequence_grouped(
-                obs0, acts, self._counts, self._order, **kw
-            )
+            nxt, r = seq_model.predict_sequence_grouped(obs0, acts, self._counts, self._order, **kw)
         else:
             next_obs, rew = seq_model.predict_sequence(obs0, acts, **kw)  # (E,B,H,O), (E,B,H)
             member, rows = self._member_of_rows(B), torch.arange(B, device=self.device)
