@@ -244,16 +244,20 @@ def test_killed_and_resumed_run_ends_identically(
 
 
 # -- the learning check -----------------------------------------------------------------------
-@pytest.mark.parametrize("seed", [0, 2])  # both measured to pass; seed 1 does not
-def test_mbpo_learns_point_mass_within_12_episodes(tmp_path: Path, seed: int) -> None:
-    """Issue criterion (from mbrl-lib's tests): a step reward above -0.02 within 12 episodes.
+def test_mbpo_learns_point_mass_within_12_episodes(tmp_path: Path) -> None:
+    """Issue criterion (from mbrl-lib's tests): a step reward above -0.02 within 12 episodes,
+    here for at least 2 of seeds 0-2.
 
     Uniform-random actions get there in ~1.6% of episodes; the point_mass preset is MBPO
-    scaled down for this toy task (see the preset's header).
+    scaled down for this toy task (see the preset's header). Not every seed gets there
+    (7 of seeds 0-7 did on one CPU), and a seed's path differs between CPUs (float
+    rounding), so one fixed seed would make the test depend on the machine.
     """
-    root = tmp_path / "runs"
-    assert main(train_args(root, 360, seed=seed)) == 0
-    rows = read_metrics(only_run(root) / "metrics.csv")
-    per_episode = [r["value"] for r in rows if r["key"] == "rollout/episode_max_reward"]
-    assert len(per_episode) == 12
-    assert max(per_episode) > -0.02, per_episode
+    best: dict[int, list[float]] = {}
+    for seed in (0, 1, 2):
+        root = tmp_path / f"runs{seed}"
+        assert main(train_args(root, 360, seed=seed)) == 0
+        rows = read_metrics(only_run(root) / "metrics.csv")
+        best[seed] = [r["value"] for r in rows if r["key"] == "rollout/episode_max_reward"]
+        assert len(best[seed]) == 12
+    assert sum(max(v) > -0.02 for v in best.values()) >= 2, best
