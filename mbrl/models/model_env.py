@@ -491,7 +491,9 @@ class ModelEnv:
         """Returns ``(B,)`` of whole action sequences ``acts (B, H, A)`` through a
         sequence model's ``predict_sequence`` (e.g. Koopman's parallel unroll), with the
         members :meth:`reset` assigned and the same reward/termination rules as
-        :meth:`step`: a sample that terminated earns nothing afterwards."""
+        :meth:`step`: a sample that terminated earns nothing afterwards. Sequence models
+        take ``with_reward=False`` when the task's reward function scores (Koopman then
+        skips its reward decoder)."""
         B, H, A = acts.shape
         seq_model: Any = self.model
         # the task's reward function scores: the model's reward decoder can be skipped

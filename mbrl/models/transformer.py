@@ -533,7 +533,7 @@ class TransformerModel(MemberEnsemble):
     # -- rollouts ----------------------------------------------------------------------------
     @torch.no_grad()
     def predict_sequence(
-        self, obs0: Tensor, act: Tensor, use_cache: bool = True
+        self, obs0: Tensor, act: Tensor, use_cache: bool = True, with_reward: bool = True
     ) -> tuple[Tensor, Tensor]:
         """Open-loop prediction of a whole action sequence, every member, raw units.
 
@@ -542,6 +542,8 @@ class TransformerModel(MemberEnsemble):
             act: ``(E, B, H, A)`` or ``(B, H, A)`` actions.
             use_cache: ``False`` recomputes every step's window from scratch (the
                 reference the cache is tested against; slow).
+            with_reward: accepted for the ``ModelEnv`` interface and ignored (see
+                :meth:`predict_sequence_grouped`).
 
         Returns:
             ``next_obs (E, B, H, O)`` (entry ``t``: after ``t + 1`` steps), ``rew (E, B, H)``.
