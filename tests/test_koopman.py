@@ -456,32 +456,16 @@ def test_pets_with_koopman_solves_point_mass(
     the origin at some step (max -0.008), but its last episode ends at reward -0.029
     (seed 0) or -0.415 (seed 1). With this setup, seeds 0 and 2 ended at -0.0001 and
     -0.003."""
-    from mbrl.agents.pets import PETSAgent
-    from mbrl.cli import main
+    from test_pets import record_episode_rewards, run_cli
+
     from mbrl.rundir import read_metrics
 
-    maxes: list[float] = []
-    lasts: list[float] = []
-    on_episode_end = PETSAgent.on_episode_end
-
-    def recording(self: PETSAgent, step: int, buffer: ReplayBuffer) -> dict[str, float]:
-        ids = buffer.trajectory_ids()
-        rew = buffer.transitions().rew[ids == ids[-1]]
-        maxes.append(float(rew.max()))
-        lasts.append(float(rew[-1]))
-        return on_episode_end(self, step, buffer)
-
-    monkeypatch.setattr(PETSAgent, "on_episode_end", recording)
-    args = [
-        "train", "pets", "--preset", "point_mass", "--run.seed", "0",
-        "--run.total-steps", "150", "--run.run-root", str(tmp_path),
-        "--run.no-progress", "--run.no-tensorboard", *PETS_KOOPMAN_ARGS,
-    ]  # fmt: skip
-    assert main(args) == 0
+    record = record_episode_rewards(monkeypatch)
+    run_dir = run_cli("pets", tmp_path, 0, 150, PETS_KOOPMAN_ARGS)
+    maxes, lasts = record.maxes, record.lasts
     assert len(maxes) == 5 and maxes[0] < -0.02  # the first episode is random
     assert max(maxes) > -0.02, maxes
     assert lasts[-1] > -0.02, lasts  # the last episode ends within 4.5 of the origin
-    (run_dir,) = (tmp_path / "PointMass1D-v0" / "pets").iterdir()
     rows = read_metrics(run_dir / "metrics.csv")
     fits = [r["step"] for r in rows if r["key"] == "model/holdout_mse"]
     assert fits == [30, 60, 90, 120, 150]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -67,25 +69,40 @@ def random_buffer(agent: PETSAgent, steps: int = 90, seed: int = 0) -> ReplayBuf
     return buffer
 
 
-def episode_max_rewards(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Record the max per-step reward of every training episode of PETS-based agents."""
-    maxes: list[float] = []
+@dataclass
+class EpisodeRewards:
+    """Filled while a PETS-based agent trains, one entry per training episode."""
+
+    maxes: list[float] = field(default_factory=list)  # its best step reward
+    lasts: list[float] = field(default_factory=list)  # its last step reward
+
+
+def record_episode_rewards(monkeypatch: pytest.MonkeyPatch) -> EpisodeRewards:
+    """Record every training episode's best and last step reward of PETS-based agents."""
+    record = EpisodeRewards()
     on_episode_end = PETSAgent.on_episode_end
 
     def recording(self: PETSAgent, step: int, buffer: ReplayBuffer) -> dict[str, float]:
         ids = buffer.trajectory_ids()
-        maxes.append(float(buffer.transitions().rew[ids == ids[-1]].max()))
+        rew = buffer.transitions().rew[ids == ids[-1]]
+        record.maxes.append(float(rew.max()))
+        record.lasts.append(float(rew[-1]))
         return on_episode_end(self, step, buffer)
 
     monkeypatch.setattr(PETSAgent, "on_episode_end", recording)
-    return maxes
+    return record
 
 
-def run_cli(agent: str, root: Path, seed: int, steps: int) -> Path:
+def episode_max_rewards(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Record the max per-step reward of every training episode of PETS-based agents."""
+    return record_episode_rewards(monkeypatch).maxes
+
+
+def run_cli(agent: str, root: Path, seed: int, steps: int, extra: Sequence[str] = ()) -> Path:
     args = [
         "train", agent, "--preset", "point_mass", "--run.seed", str(seed),
         "--run.total-steps", str(steps), "--run.run-root", str(root),
-        "--run.no-progress", "--run.no-tensorboard",
+        "--run.no-progress", "--run.no-tensorboard", *extra,
     ]  # fmt: skip
     assert main(args) == 0
     (run_dir,) = (root / "PointMass1D-v0" / agent).iterdir()

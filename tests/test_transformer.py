@@ -411,29 +411,15 @@ def test_pets_with_transformer_solves_point_mass(
 ) -> None:
     """``--agent.model transformer`` through the CLI: a step reward above -0.02 within 5
     episodes (the PETS learning check of tests/test_pets.py), refits every episode."""
-    from mbrl.agents.pets import PETSAgent
-    from mbrl.cli import main
+    from test_pets import episode_max_rewards, run_cli
+
     from mbrl.rundir import read_metrics
 
-    maxes: list[float] = []
-    on_episode_end = PETSAgent.on_episode_end
-
-    def recording(self: PETSAgent, step: int, buffer: object) -> dict[str, float]:
-        ids = buffer.trajectory_ids()  # type: ignore[attr-defined]
-        maxes.append(float(buffer.transitions().rew[ids == ids[-1]].max()))  # type: ignore[attr-defined]
-        return on_episode_end(self, step, buffer)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(PETSAgent, "on_episode_end", recording)
-    args = [
-        "train", "pets", "--preset", "point_mass", "--run.seed", "0",
-        "--run.total-steps", "150", "--run.run-root", str(tmp_path),
-        "--run.no-progress", "--run.no-tensorboard", "--agent.model", "transformer",
-        *PETS_TRANSFORMER_ARGS,
-    ]  # fmt: skip
-    assert main(args) == 0
+    maxes = episode_max_rewards(monkeypatch)
+    args = ["--agent.model", "transformer", *PETS_TRANSFORMER_ARGS]
+    run_dir = run_cli("pets", tmp_path, 0, 150, args)
     assert len(maxes) == 5 and maxes[0] < -0.02
     assert max(maxes) > -0.02, maxes
-    (run_dir,) = (tmp_path / "PointMass1D-v0" / "pets").iterdir()
     rows = read_metrics(run_dir / "metrics.csv")
     fits = [r["step"] for r in rows if r["key"] == "model/holdout_mse"]
     assert fits == [30, 60, 90, 120, 150]

@@ -463,9 +463,8 @@ class KoopmanModel(MemberEnsemble):
                 rew_parts.append(self.decode_reward(z, act[:, :, c : c + k]))
             start_obs = nobs[:, :, -1]
         next_obs = torch.cat(obs_parts, dim=2)
-        if not with_reward:
-            return next_obs, next_obs.new_zeros(next_obs.shape[:3])
-        return next_obs, torch.cat(rew_parts, dim=2)
+        rew = torch.cat(rew_parts, dim=2) if with_reward else next_obs.new_zeros(next_obs.shape[:3])
+        return next_obs, rew
 
     @torch.no_grad()
     def predict_sequence_grouped(
