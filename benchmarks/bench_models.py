@@ -87,12 +87,18 @@ from mbrl.data.d4rl import D4RLDataset, trajectories
 from mbrl.data.datasets import load_dataset
 from mbrl.envs import EnvSpec, get_env_spec
 from mbrl.errors import MbrlError
-from mbrl.model_eval import MODEL_KINDS, ModelEvalConfig, ModelEvalRun, model_eval
+from mbrl.model_eval import (
+    MODEL_KINDS,
+    ModelEvalConfig,
+    ModelEvalRun,
+    load_model_eval_config,
+    model_eval,
+)
 from mbrl.models.ensemble import ProbabilisticEnsemble
 from mbrl.models.koopman import KoopmanModel
 from mbrl.models.model_env import ModelEnv
 from mbrl.models.transformer import TransformerModel
-from mbrl.rundir import SUMMARY_FILE, cpu_model, git_commit, script_command
+from mbrl.rundir import SUMMARY_FILE, RunDir, cpu_model, git_commit, script_command
 
 HORIZONS = (1, 10, 25, 50)
 REFERENCES = ("copy-obs", "linear")
@@ -186,6 +192,19 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- 1 + 2: fits and open-loop errors (mbrl model eval) --------------------------------------
+def unfinished_run(root: Path, name: str, cfg: ModelEvalRun) -> RunDir | None:
+    """The newest ``mbrl model eval`` run dir of ``name`` under ``root`` that was stopped
+    before its summary and has this exact config (its fits resume from their checkpoints)."""
+    want = to_dict(cfg)
+    for path in sorted(root.glob(f"*/model-eval/*-{name}"), reverse=True):
+        run_dir = RunDir.open(path)
+        if run_dir.summary_path.exists() or not run_dir.config_path.is_file():
+            continue
+        if to_dict(load_model_eval_config(run_dir)) == want:
+            return run_dir
+    return None
+
+
 def fit_and_score(
     path: str,
     ev: ModelEvalConfig,
@@ -229,7 +248,11 @@ def fit_and_score(
         eval_every=0,
         checkpoint_every=0,
     )
-    run_dir = model_eval(ModelEvalRun(eval=ev, run=run), console=console)
+    cfg = ModelEvalRun(eval=ev, run=run)
+    unfinished = unfinished_run(root, name, cfg)
+    if unfinished is not None:
+        console.print(f"{path}: resuming the unfinished fits of {unfinished.path}")
+    run_dir = model_eval(cfg, console=console, resume=unfinished)
     summary = json.loads((run_dir.path / SUMMARY_FILE).read_text())
     episodes = trajectories(ds)
     held = max(1, min(len(episodes) - 1, round(ev.heldout_fraction * len(episodes))))

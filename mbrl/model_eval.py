@@ -13,8 +13,11 @@ The sequence models ``koopman`` and ``transformer`` are fitted by
 windows of the held-out ones is not used: those are kept unseen for scoring; the trainer
 holds out a share of the training windows). Their open-loop rows carry the state from
 step to step: the Koopman latent (no re-encoding unless ``koopman.reencode_every``), the
-transformer's KV-cached context of its own predictions. Their fits are not resumable
-(they restart with ``--resume``).
+transformer's KV-cached context of its own predictions.
+
+Every fit is checkpointed (``checkpoints/fit_<model>.pt``, at most every 30 s and at its
+end); ``mbrl model eval --resume RUN_DIR`` continues an interrupted run, and a finished
+fit is not repeated. A fit's ``fit_seconds`` add up all its resumed parts.
 """
 
 from __future__ import annotations
@@ -232,9 +235,14 @@ def model_eval(
         fit_info: dict[str, Any] = {}
         for name in ev.models:
             if name in SEQUENCE_MODEL_KINDS:
+                ckpt = run_dir.checkpoint_dir / f"fit_{name}.pt"
+                state = load_checkpoint(ckpt) if resume is not None and ckpt.is_file() else None
+                if state is not None:
+                    console.print(f"{name}: resuming the fit after epoch {state.get('epoch')}")
                 fit_info[name], step_fns[name] = _fit_sequence_model(
-                    name, ds.obs_dim, ds.act_dim, ev, train_eps, device, logger.log, run.progress
-                )
+                    name, ds.obs_dim, ds.act_dim, ev, train_eps, device, logger.log,
+                    run.progress, ckpt, state, run_dir, console,
+                )  # fmt: skip
                 continue
             model = ProbabilisticEnsemble(ds.obs_dim, ds.act_dim, ev.ensemble).to(device)
             trainer = ModelTrainer(model, ev.trainer, device)
@@ -242,7 +250,6 @@ def model_eval(
             state = load_checkpoint(ckpt) if resume is not None and ckpt.is_file() else None
             if state is not None:
                 console.print(f"{name}: resuming the fit after epoch {state.get('epoch')}")
-            t0 = time.perf_counter()
             try:
                 fit = trainer.fit(
                     train["obs"], train["act"], train["rew"], train["next_obs"],
@@ -253,11 +260,12 @@ def model_eval(
                 save_checkpoint(ckpt, trainer.state_dict())  # the last finished epoch
                 console.print(f"interrupted; 'mbrl model eval --resume {run_dir.path}' continues")
                 raise
+            save_checkpoint(ckpt, trainer.state_dict())  # finished: a resume skips it
             model.eval()
             fit_info[name] = {
                 "epochs": fit.epochs,
                 "stop_reason": fit.stop_reason,
-                "fit_seconds": round(time.perf_counter() - t0, 2),
+                "fit_seconds": round(fit.wall_time, 2),  # all resumed parts together
                 "holdout_mse_per_member": fit.holdout_mse_per_member,
                 "elite_idx": fit.elite_idx,
             }
@@ -318,9 +326,14 @@ def _fit_sequence_model(
     device: torch.device,
     log_fn: Any,
     progress: bool,
+    ckpt: Path,
+    resume_state: dict[str, Any] | None,
+    run_dir: RunDir,
+    console: Console,
 ) -> tuple[dict[str, Any], StepFn]:
     """Fit a :class:`KoopmanModel` or :class:`TransformerModel` (``name``) on windows of
-    the training trajectories."""
+    the training trajectories, checkpointed to ``ckpt`` (resumed from ``resume_state``);
+    the fitted weights go to ``<run dir>/<name>.pt``."""
     field_name = "horizon" if name == "koopman" else "context"
     length = getattr(getattr(ev, name), field_name)
     windows = windows_from_trajectories(train_eps, length)
@@ -334,13 +347,25 @@ def _fit_sequence_model(
         model = KoopmanModel(obs_dim, act_dim, ev.koopman).to(device)
     else:
         model = TransformerModel(obs_dim, act_dim, ev.transformer).to(device)
-    t0 = time.perf_counter()
-    fit = SequenceTrainer(model, ev.seq_trainer).fit(windows, log_fn=log_fn, progress=progress)
+    trainer = SequenceTrainer(model, ev.seq_trainer)
+    try:
+        fit = trainer.fit(
+            windows, log_fn=log_fn, progress=progress,
+            checkpoint_fn=ThrottledCheckpoint(ckpt), resume_state=resume_state,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        if trainer.last_fit_state is not None:  # the last finished epoch
+            save_checkpoint(ckpt, trainer.last_fit_state)
+        console.print(f"interrupted; 'mbrl model eval --resume {run_dir.path}' continues")
+        raise
+    if trainer.last_fit_state is not None:  # finished: a resume skips it
+        save_checkpoint(ckpt, trainer.last_fit_state)
     model.eval()
+    torch.save(model.state_dict(), run_dir.path / f"{name}.pt")
     info = {
         "epochs": fit.epochs,
         "stop_reason": fit.stop_reason,
-        "fit_seconds": round(time.perf_counter() - t0, 2),
+        "fit_seconds": round(fit.wall_time, 2),  # all resumed parts together
         "holdout_mse_per_member": fit.holdout_mse_per_member,
         "elite_idx": fit.elite_idx,
         "windows": len(windows),

@@ -308,6 +308,46 @@ def test_trainer_elites_patience_and_best_snapshot_restore() -> None:
     assert fit2.train_losses[-1] < fit2.train_losses[0]
 
 
+@pytest.mark.parametrize("explicit_holdout", [False, True])
+def test_trainer_resume_equals_uninterrupted_fit(tmp_path: Path, explicit_holdout: bool) -> None:
+    """A fit stopped after 2 epochs and resumed from its saved state (through
+    save_checkpoint/load_checkpoint, with max_epochs raised) ends bit-identical to one
+    uninterrupted 5-epoch fit; a state from other data is refused."""
+    from mbrl.checkpoint import load_checkpoint, save_checkpoint
+
+    g = torch.Generator().manual_seed(1)
+    obs = torch.randn(30, 6, O, generator=g)
+    trajs = [
+        {"obs": o, "act": torch.randn(6, A, generator=g), "rew": torch.randn(6, generator=g),
+         "next_obs": o + 0.1} for o in obs
+    ]  # fmt: skip
+    data = windows_from_trajectories(trajs, 4)
+    holdout = data if explicit_holdout else None
+    cfg = SequenceTrainerConfig(batch_size=16, patience=100)
+
+    def run(max_epochs: int, state: dict | None = None) -> tuple[KoopmanModel, list[dict]]:
+        model = small_model()
+        states: list[dict] = []
+        trainer = SequenceTrainer(model, dataclasses.replace(cfg, max_epochs=max_epochs))
+        fit = trainer.fit(data, holdout, checkpoint_fn=states.append, resume_state=state)
+        assert fit.epochs == max_epochs and fit.stop_reason == "max_epochs"
+        return model, states
+
+    full, full_states = run(5)
+    assert [s["epoch"] for s in full_states] == [1, 2, 3, 4, 5]
+    _, states = run(2)
+    path = tmp_path / "fit.pt"
+    save_checkpoint(path, states[-1])
+    resumed, more = run(5, load_checkpoint(path))
+    assert [s["epoch"] for s in more] == [3, 4, 5]
+    for key, value in full.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    with pytest.raises(MbrlError, match="resume on the same data"):
+        SequenceTrainer(small_model(), cfg).fit(
+            windows_from_trajectories(trajs[:20], 4), holdout, resume_state=states[-1]
+        )
+
+
 # -- data, persistence, registration, config errors ---------------------------------------------
 def test_windows_from_trajectories_and_buffer() -> None:
     traj = {

@@ -124,3 +124,67 @@ def test_model_eval_compares_koopman_with_the_ensemble(tmp_path: Path) -> None:
         assert nmse["koopman"][h] < 0.2 * nmse["copy-obs"][h]
     assert summary["fit"]["koopman"]["windows"] > 0
     assert "| koopman |" in (run_dir / "results.md").read_text()
+
+
+def test_interrupted_sequence_model_fit_resumes_to_the_same_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Koopman fit killed after its 3rd epoch continues with `--resume` and ends with
+    the weights of an uninterrupted fit; a resume of a finished run does not refit."""
+    import torch
+
+    from mbrl.rundir import MetricsLogger
+
+    def args(root: Path) -> list[str]:
+        return [
+            "model", "eval", "--run.env", "PointMass1D-v0", "--eval.collect-steps", "600",
+            "--eval.models", "koopman", "--eval.horizons", "1", "5",
+            "--eval.koopman.num-members", "2", "--eval.koopman.latent-dim", "8",
+            "--eval.koopman.hidden-size", "16", "--eval.koopman.horizon", "6",
+            "--eval.seq-trainer.max-epochs", "5", "--eval.seq-trainer.patience", "100",
+            "--run.run-root", str(root), "--run.no-progress", "--run.no-tensorboard",
+        ]  # fmt: skip
+
+    assert main(args(tmp_path / "a")) == 0
+    (full,) = list((tmp_path / "a" / "PointMass1D-v0" / "model-eval").iterdir())
+
+    original_log = MetricsLogger.log
+    epochs_seen = []
+
+    def interrupting_log(self: MetricsLogger, step: int, metrics: dict[str, float]) -> None:
+        original_log(self, step, metrics)
+        if "model/holdout_mse" in metrics:
+            epochs_seen.append(step)
+            if len(epochs_seen) == 3:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(MetricsLogger, "log", interrupting_log)
+    assert main(args(tmp_path / "b")) == 130
+    monkeypatch.setattr(MetricsLogger, "log", original_log)
+    (part,) = list((tmp_path / "b" / "PointMass1D-v0" / "model-eval").iterdir())
+    assert (part / "checkpoints" / "fit_koopman.pt").is_file()
+    assert not (part / "summary.json").exists()
+
+    assert main(["model", "eval", "--resume", str(part)]) == 0
+    assert "koopman: resuming the fit after epoch" in capsys.readouterr().out
+    a = torch.load(full / "koopman.pt")
+    b = torch.load(part / "koopman.pt")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    s_full = json.loads((full / "summary.json").read_text())
+    s_part = json.loads((part / "summary.json").read_text())
+    assert s_part["fit"]["koopman"]["epochs"] == s_full["fit"]["koopman"]["epochs"] == 5
+    assert s_part["open_loop"]["koopman"] == s_full["open_loop"]["koopman"]
+
+    # Resuming the finished run scores it again without another epoch of training.
+    def fit_rows() -> int:
+        return (part / "metrics.csv").read_text().count("model/holdout_mse")
+
+    rows = fit_rows()
+    (part / "summary.json").unlink()
+    assert main(["model", "eval", "--resume", str(part)]) == 0
+    assert fit_rows() == rows
+    again = json.loads((part / "summary.json").read_text())
+    assert again["fit"]["koopman"]["epochs"] == 5
+    assert again["open_loop"]["koopman"] == s_full["open_loop"]["koopman"]

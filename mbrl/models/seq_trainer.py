@@ -22,9 +22,10 @@ Deviations and limits:
     * Windows cut from the same trajectory overlap, so a *random* window holdout shares
       steps with the training windows and is optimistic; pass ``holdout=`` windows cut
       from held-out trajectories for an honest one.
-    * No resume state (the transition trainer has one); a fit is short on the data sizes
-      it is meant for. A non-finite loss stops the fit with :class:`MbrlError` after
-      restoring the best snapshots.
+    * A fit is resumable: with ``checkpoint_fn`` its state after every epoch is handed
+      out, and ``resume_state`` continues from it with the same result as an
+      uninterrupted fit (on CPU). A non-finite loss stops the fit with
+      :class:`MbrlError` after restoring the best snapshots.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ from mbrl.data.buffer import ReplayBuffer, SequenceBatch
 from mbrl.errors import MbrlError
 
 LogFn = Callable[[int, dict[str, float]], None]
+CheckpointFn = Callable[[dict[str, Any]], None]
+SEQ_STATE_VERSION = 1
 _FIELDS = ("obs", "act", "rew", "next_obs", "terminated", "truncated")
 
 
@@ -56,6 +59,8 @@ class TrainableSequenceModel(Protocol):
     @property
     def num_elites(self) -> int: ...
     def parameters(self) -> Any: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> Any: ...
     def fit_normalizer(self, obs: Tensor, act: Tensor, rew: Tensor) -> None: ...
     def sequence_loss(
         self, obs: Tensor, act: Tensor, rew: Tensor, next_obs: Tensor
@@ -173,6 +178,8 @@ class SequenceTrainer:
             model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        # the state after the last finished epoch of a checkpointed fit (see fit)
+        self.last_fit_state: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         """Adam's state and the sampling generator (for an exact resume between fits)."""
@@ -189,16 +196,46 @@ class SequenceTrainer:
         *,
         log_fn: LogFn | None = None,
         progress: bool = False,
+        checkpoint_fn: CheckpointFn | None = None,
+        resume_state: dict[str, Any] | None = None,
     ) -> SequenceFitResult:
         """Fit on windows ``data`` (``(N, L, ...)``), early-stopping on ``holdout`` (or a
-        random split of ``data`` when ``None``)."""
+        random split of ``data`` when ``None``).
+
+        Args:
+            checkpoint_fn: called after every epoch with the fit's state (``torch.save``-
+                able: the model, Adam, the split, the member snapshots, counters); the
+                same state is kept as :attr:`last_fit_state` (e.g. to save on Ctrl-C).
+            resume_state: such a state from a fit on the same windows: the fit continues
+                after its last finished epoch, with the same result as an uninterrupted
+                fit (on CPU). ``max_epochs`` and the budgets are checked anew, so a fit
+                stopped by them can be extended; one stopped by patience just returns.
+
+        Raises:
+            MbrlError: no windows, a resume state from other data, or a non-finite loss.
+        """
         cfg, model = self.cfg, self.model
-        t0 = time.perf_counter()
         dev = next(iter(model.parameters())).device
         n = len(data)
         if n == 0:
             raise MbrlError("SequenceTrainer.fit got no windows; collect longer episodes.")
-        if holdout is None:
+        shape = [n, int(data.obs.shape[1]), len(holdout) if holdout is not None else 0]
+        if resume_state is not None:
+            if resume_state.get("version") != SEQ_STATE_VERSION:
+                raise MbrlError(
+                    f"sequence-model fit state has version {resume_state.get('version')!r}, "
+                    f"this mbrl reads version {SEQ_STATE_VERSION}; start the fit afresh."
+                )
+            if list(resume_state["shape"]) != shape:
+                raise MbrlError(
+                    "cannot resume the sequence-model fit: its checkpoint was made on "
+                    f"(windows, length, holdout windows) = {tuple(resume_state['shape'])}, "
+                    f"this fit got {tuple(shape)}; resume on the same data or start afresh."
+                )
+            model.load_state_dict(resume_state["model"])  # normalizers included
+            self.load_state_dict(resume_state)
+            train_idx, hold_idx = resume_state["train_idx"], resume_state["hold_idx"]
+        elif holdout is None:
             perm = torch.randperm(n, generator=self.generator)
             n_hold = (
                 0
@@ -209,32 +246,71 @@ class SequenceTrainer:
                 raise MbrlError(
                     f"only {n} windows: none left for training after the holdout split."
                 )
-            train = _take(data, perm[n_hold:], dev)
-            hold = (
-                _take(data, perm[:n_hold], dev)
-                if n_hold
-                else _take(data, perm[: cfg.max_holdout], dev)
-            )
+            train_idx = perm[n_hold:]
+            hold_idx = perm[:n_hold] if n_hold else perm[: cfg.max_holdout]
         else:
-            train = _take(data, torch.arange(n), dev)
+            train_idx = torch.arange(n)
             k = min(len(holdout), cfg.max_holdout)
-            hold = _take(holdout, torch.randperm(len(holdout), generator=self.generator)[:k], dev)
+            hold_idx = torch.randperm(len(holdout), generator=self.generator)[:k]
+        train = _take(data, train_idx, dev)
+        hold = _take(data if holdout is None else holdout, hold_idx, dev)
         N = len(train)
-        model.fit_normalizer(train.obs, train.act, train.rew)
         E, B = model.num_members, cfg.batch_size
-        boot = (
-            torch.randint(0, N, (E, N), generator=self.generator)
-            if cfg.bootstrap
-            else torch.arange(N).expand(E, N)
-        )
-        best = model.sequence_mse(hold.obs, hold.act, hold.rew, hold.next_obs).cpu()
-        snapshots = [model.member_state(i) for i in range(E)]
-        steps, epoch, since_improved, stop = 0, 0, 0, "max_epochs"
-        losses: list[float] = []
-        bar = tqdm(desc="sequence model fit", disable=not progress, unit="epoch")
-        while True:
+        if resume_state is None:
+            model.fit_normalizer(train.obs, train.act, train.rew)
+            boot = (
+                torch.randint(0, N, (E, N), generator=self.generator)
+                if cfg.bootstrap
+                else torch.arange(N).expand(E, N)
+            )
+            best = model.sequence_mse(hold.obs, hold.act, hold.rew, hold.next_obs).cpu()
+            snapshots = [model.member_state(i) for i in range(E)]
+            steps, epoch, since_improved, elapsed = 0, 0, 0, 0.0
+            losses: list[float] = []
+            stop = ""
+        else:
+            r = resume_state
+            boot, best, snapshots = r["boot"], r["best"].clone(), list(r["snapshots"])
+            steps, epoch = int(r["steps"]), int(r["epoch"])
+            since_improved, elapsed = int(r["since_improved"]), float(r["elapsed"])
+            losses = list(r["losses"])
+            stop = "patience" if r["stop_reason"] == "patience" else ""
+
+        def make_state() -> dict[str, Any]:
+            return {
+                "version": SEQ_STATE_VERSION,
+                "shape": shape,
+                "train_idx": train_idx,
+                "hold_idx": hold_idx,
+                "boot": boot,
+                "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                "generator": self.generator.get_state(),
+                "best": best.clone(),
+                "snapshots": list(snapshots),  # a member's snapshot is never mutated
+                "steps": steps,
+                "epoch": epoch,
+                "since_improved": since_improved,
+                "elapsed": elapsed,
+                "losses": list(losses),
+                "stop_reason": stop,
+            }
+
+        self.last_fit_state = make_state() if checkpoint_fn is not None else None
+        t0 = time.perf_counter() - elapsed  # wall time counts every resumed part
+        bar = tqdm(desc="sequence model fit", disable=not progress, unit="epoch", initial=epoch)
+        while not stop:
             if cfg.max_epochs is not None and epoch >= cfg.max_epochs:
                 stop = "max_epochs"
+                break
+            if cfg.max_grad_steps is not None and steps >= cfg.max_grad_steps:
+                stop = "max_grad_steps"
+                break
+            if (
+                cfg.max_train_seconds is not None
+                and time.perf_counter() - t0 >= cfg.max_train_seconds
+            ):
+                stop = "max_train_seconds"
                 break
             order = torch.stack(
                 [boot[e, torch.randperm(N, generator=self.generator)] for e in range(E)]
@@ -285,10 +361,12 @@ class SequenceTrainer:
                     if cfg.max_grad_steps is not None and steps >= cfg.max_grad_steps
                     else "max_train_seconds"
                 )
-                break
-            if since_improved >= cfg.patience:
+            elif since_improved >= cfg.patience:
                 stop = "patience"
-                break
+            elapsed = time.perf_counter() - t0
+            if checkpoint_fn is not None:
+                self.last_fit_state = make_state()
+                checkpoint_fn(self.last_fit_state)
         bar.close()
         self._restore(snapshots)
         final = model.sequence_mse(hold.obs, hold.act, hold.rew, hold.next_obs).cpu()
