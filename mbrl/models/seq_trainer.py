@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from mbrl.data.buffer import ReplayBuffer, SequenceBatch
 from mbrl.errors import MbrlError
+from mbrl.models.trainer import budget_reached
 
 LogFn = Callable[[int, dict[str, float]], None]
 CheckpointFn = Callable[[dict[str, Any]], None]
@@ -300,22 +301,13 @@ class SequenceTrainer:
         t0 = time.perf_counter() - elapsed  # wall time counts every resumed part
         bar = tqdm(desc="sequence model fit", disable=not progress, unit="epoch", initial=epoch)
         while not stop:
-            if cfg.max_epochs is not None and epoch >= cfg.max_epochs:
-                stop = "max_epochs"
-                break
-            if cfg.max_grad_steps is not None and steps >= cfg.max_grad_steps:
-                stop = "max_grad_steps"
-                break
-            if (
-                cfg.max_train_seconds is not None
-                and time.perf_counter() - t0 >= cfg.max_train_seconds
-            ):
-                stop = "max_train_seconds"
+            stop = budget_reached(cfg, epoch, steps, time.perf_counter() - t0)
+            if stop:
                 break
             order = torch.stack(
                 [boot[e, torch.randperm(N, generator=self.generator)] for e in range(E)]
             ).to(dev)
-            total, count, budget_hit = 0.0, 0, False
+            total, count, budget = 0.0, 0, ""
             for s in range(0, N, B):
                 idx = order[:, s : s + B]  # (E, b)
                 loss, _ = model.sequence_loss(
@@ -335,11 +327,8 @@ class SequenceTrainer:
                 total += float(loss.detach()) / E
                 count += 1
                 steps += 1
-                if (cfg.max_grad_steps is not None and steps >= cfg.max_grad_steps) or (
-                    cfg.max_train_seconds is not None
-                    and time.perf_counter() - t0 >= cfg.max_train_seconds
-                ):
-                    budget_hit = True
+                budget = budget_reached(cfg, None, steps, time.perf_counter() - t0)
+                if budget:
                     break
             epoch += 1
             losses.append(total / max(count, 1))
@@ -355,12 +344,8 @@ class SequenceTrainer:
                 )
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4g}", holdout=f"{float(mse.mean()):.4g}")
-            if budget_hit:
-                stop = (
-                    "max_grad_steps"
-                    if cfg.max_grad_steps is not None and steps >= cfg.max_grad_steps
-                    else "max_train_seconds"
-                )
+            if budget:
+                stop = budget
             elif since_improved >= cfg.patience:
                 stop = "patience"
             elapsed = time.perf_counter() - t0

@@ -178,6 +178,18 @@ def _check_config(cfg: TrainerConfig) -> None:
             raise MbrlError(f"TrainerConfig.{name} must be {rule}, got {getattr(cfg, name)}.")
 
 
+def budget_reached(cfg: Any, epoch: int | None, grad_steps: int, seconds: float) -> str:
+    """The first used-up budget of a fit config with ``max_epochs``, ``max_grad_steps``
+    and ``max_train_seconds`` (``epoch=None``: mid-epoch, epochs not checked), or ``""``."""
+    if epoch is not None and cfg.max_epochs is not None and epoch >= cfg.max_epochs:
+        return "max_epochs"
+    if cfg.max_grad_steps is not None and grad_steps >= cfg.max_grad_steps:
+        return "max_grad_steps"
+    if cfg.max_train_seconds is not None and seconds >= cfg.max_train_seconds:
+        return "max_train_seconds"
+    return ""
+
+
 def _clone_state(state: dict[str, Any]) -> dict[str, Any]:
     return {k: v.detach().clone() if isinstance(v, Tensor) else v for k, v in state.items()}
 
@@ -453,14 +465,8 @@ class ModelTrainer:
         t_start = time.perf_counter() - elapsed
         try:
             while not stop_reason:
-                if cfg.max_epochs is not None and epoch >= cfg.max_epochs:
-                    stop_reason = "max_epochs"
-                    break
-                if cfg.max_grad_steps is not None and grad_steps >= cfg.max_grad_steps:
-                    stop_reason = "max_grad_steps"
-                    break
-                if cfg.max_train_seconds is not None and elapsed >= cfg.max_train_seconds:
-                    stop_reason = "max_train_seconds"
+                stop_reason = budget_reached(cfg, epoch, grad_steps, elapsed)
+                if stop_reason:
                     break
                 t_epoch = time.perf_counter()
                 # one (E, n_train) index table per epoch; minibatches are column slices
@@ -489,14 +495,10 @@ class ModelTrainer:
                     batches_done += 1
                     loss_sum += loss_value
                     member_sum += per_member.float().cpu()
-                    if cfg.max_grad_steps is not None and grad_steps >= cfg.max_grad_steps:
-                        stop_reason = "max_grad_steps"
-                        break
-                    if (
-                        cfg.max_train_seconds is not None
-                        and time.perf_counter() - t_start >= cfg.max_train_seconds
-                    ):
-                        stop_reason = "max_train_seconds"
+                    stop_reason = budget_reached(
+                        cfg, None, grad_steps, time.perf_counter() - t_start
+                    )
+                    if stop_reason:
                         break
                 train_seconds = time.perf_counter() - t_epoch
                 epoch += 1
