@@ -46,7 +46,10 @@ the throughput table, and a "where each model wins and loses" list generated fro
 numbers. With ``--pets RUN_ROOT`` the PETS runs of ``configs/sweeps/pets_models.yaml``
 (``mbrl sweep pets_models``) are tabulated (``mbrl table``'s per-task table, plus the
 mean wall time per run) into the same report; ``--from-json OUT.json`` re-renders an
-earlier report (no refitting), e.g. to add the PETS table once the sweep has finished.
+earlier report (no refitting), e.g. to add the PETS table once the sweep has finished;
+several (``--from-json A.json B.json``) become one report with every dataset section
+(each with its own command, commit, date and machine) and the last PETS table;
+``--pets EARLIER.json`` takes the PETS table of an earlier report.
 
 The fits of each dataset are cached in ``--run-root`` (the ``mbrl model eval`` run dir
 and ``fit-<name>.json``): a rerun with the same settings reuses them and only measures
@@ -502,6 +505,7 @@ def dataset_markdown(block: dict[str, Any]) -> list[str]:
         + f"); {block['heldout_trajectories']} trajectories held out for scoring. "
         f"Fits: `{block['model_eval_run']}`.",
         "",
+        *([*provenance_lines(block["meta"]), ""] if "meta" in block else []),
         "| model | "
         + " | ".join(f"nMSE h={h}" for h in hs)
         + " | fit s | fit epochs | rollout candidate·steps/s |",
@@ -556,16 +560,45 @@ def pets_markdown(pets: dict[str, Any]) -> list[str]:
     return lines
 
 
-def markdown(res: dict[str, Any]) -> str:
-    meta = res["meta"]
-    lines = [
-        "# Dynamics models: ensemble vs Koopman vs transformer",
-        "",
+def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Several reports as one: their dataset sections in order, each keeping its own
+    report's provenance (``meta``) when there is more than one; the PETS section of the
+    last report that has one."""
+    res: dict[str, Any] = {
+        "meta": reports[0]["meta"],
+        "eval_config": reports[0]["eval_config"],
+        "datasets": [],
+    }
+    for rep in reports:
+        for block in rep["datasets"]:
+            if len(reports) > 1:
+                block.setdefault("meta", rep["meta"])
+            res["datasets"].append(block)
+        if rep.get("pets"):
+            res["pets"] = rep["pets"]
+    return res
+
+
+def provenance_lines(meta: dict[str, Any]) -> list[str]:
+    return [
         f"- command: `{meta['command']}`",
         f"- git commit: `{meta['commit']}`; date: {meta['date']}",
         f"- machine: {meta['machine']}; torch {meta['torch']}; device {meta['device']}; "
         f"{meta['threads']} torch thread(s)",
         f"- load average before/after: {meta['load_before']} / {meta['load_after']}",
+    ]
+
+
+def markdown(res: dict[str, Any]) -> str:
+    merged = any("meta" in block for block in res["datasets"])
+    lines = [
+        "# Dynamics models: ensemble vs Koopman vs transformer",
+        "",
+        *(
+            ["- one report per dataset, merged: command, commit, date and machine under each"]
+            if merged
+            else provenance_lines(res["meta"])
+        ),
         "- nMSE: open-loop error of the observation predicted h steps ahead from the recorded "
         "actions on held-out trajectories, per-dimension MSE / data variance, averaged over "
         "dimensions (1.0 = as bad as predicting the mean); each sequence model carries its own "
@@ -633,20 +666,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-root", default="runs/bench_models", help="fits and their cache")
-    p.add_argument("--pets", nargs="*", default=[], help="run roots of the PETS sweep")
+    p.add_argument("--pets", nargs="*", default=[],
+                   help="PETS sweep run roots, or an earlier OUT.json (its PETS table)")  # fmt: skip
     p.add_argument("--pets-budgets", nargs="*", type=int, default=[])
-    p.add_argument("--from-json", default=None, help="re-render an earlier OUT.json")
+    p.add_argument("--from-json", nargs="+", default=[],
+                   help="re-render earlier OUT.json reports (several: one report)")  # fmt: skip
     p.add_argument("--machine", default=None, help="machine description for the report")
     p.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     args = p.parse_args(argv)
     if not args.dataset and not args.from_json:
-        p.error("give --dataset FILE ... or --from-json OUT.json")
+        p.error("give --dataset FILE ... or --from-json OUT.json ...")
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     console = Console(stderr=True)
     if args.from_json:
-        res: dict[str, Any] = json.loads(Path(args.from_json).read_text())
+        res: dict[str, Any] = merge_reports(
+            [json.loads(Path(f).read_text()) for f in args.from_json]
+        )
         for block in res["datasets"]:
             for r in block["models"].values():
                 r["nmse"] = {int(h): v for h, v in r["nmse"].items()}
@@ -695,7 +732,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             console.print(json.dumps({"dataset": path, "rollout": block["rollout"]}))
             res["datasets"].append(block)
         meta["load_after"] = loadavg()
-    if args.pets:
+    if len(args.pets) == 1 and args.pets[0].endswith(".json"):  # an earlier report's table
+        pets = json.loads(Path(args.pets[0]).read_text()).get("pets")
+        if not pets:
+            p.error(f"--pets {args.pets[0]}: that report has no PETS section")
+        res["pets"] = pets
+    elif args.pets:
         res["pets"] = pets_table(args.pets, args.pets_budgets)
     text = markdown(res)
     print(json.dumps(res, indent=1, default=str))

@@ -185,3 +185,33 @@ def test_end_to_end_tiny(tmp_path: Path) -> None:
     assert "## PETS with each model" in text
     row = next(ln for ln in text.splitlines() if "pets [model=koopman]" in ln)
     assert "50.500 ± 0.707" in row and "| 2 |" in row and "100" in row  # mean wall 100.5
+
+    # Two reports rendered as one: both dataset sections, each with its own provenance,
+    # and the PETS section of the report that has one.
+    other = json.loads(Path(f"{out}.json").read_text())
+    other["meta"] = {**other["meta"], "commit": "abc1234", "command": "bench_models.py --x"}
+    for blk in other["datasets"]:
+        blk["dataset"] = "/data/hopper-v4-medium.hdf5"
+        blk["env_id"] = "Hopper-v4"
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    merged_out = tmp_path / "merged"
+    other.pop("pets", None)
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    merged = bench.main(
+        ["--from-json", str(tmp_path / "other.json"), "--pets", f"{out}.json",
+         "--out", str(merged_out)]
+    )  # fmt: skip
+    assert [b["env_id"] for b in merged["datasets"]] == ["Hopper-v4"]
+    assert merged["pets"] == rendered["pets"]
+    merged = bench.main(
+        ["--from-json", str(tmp_path / "other.json"), f"{out}.json", "--out", str(merged_out)]
+    )
+    assert [b["env_id"] for b in merged["datasets"]] == ["Hopper-v4", "HalfCheetah-v4"]
+    assert merged["datasets"][0]["meta"]["commit"] == "abc1234"
+    assert merged["datasets"][1]["meta"]["commit"] == saved["meta"]["commit"]
+    assert merged["pets"] == rendered["pets"]
+    text = Path(f"{merged_out}.md").read_text()
+    assert "one report per dataset, merged" in text
+    assert "## hopper-v4-medium.hdf5 (Hopper-v4)" in text
+    assert "`abc1234`" in text and f"`{saved['meta']['commit']}`" in text
+    assert "## PETS with each model" in text
