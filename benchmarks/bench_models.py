@@ -667,7 +667,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-root", default="runs/bench_models", help="fits and their cache")
     p.add_argument("--pets", nargs="*", default=[],
-                   help="PETS sweep run roots, or an earlier OUT.json (its PETS table)")  # fmt: skip
+                   help="PETS sweep run roots, or an earlier OUT.json (its table)")  # fmt: skip
     p.add_argument("--pets-budgets", nargs="*", type=int, default=[])
     p.add_argument("--from-json", nargs="+", default=[],
                    help="re-render earlier OUT.json reports (several: one report)")  # fmt: skip
