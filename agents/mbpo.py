@@ -69,7 +69,7 @@ from mbrl.config import check_in_range, check_positive
 from mbrl.data.buffer import ReplayBuffer
 from mbrl.errors import MbrlError, unknown_name
 from mbrl.models.ensemble import EnsembleConfig, ProbabilisticEnsemble
-from mbrl.models.model_env import PROPAGATIONS, REWARD_SOURCES, ModelEnv
+from mbrl.models.model_env import PROPAGATIONS, ModelEnv
 from mbrl.models.trainer import STATE_VERSION, ModelTrainer, TrainerConfig
 from mbrl.online import OnlineAgent
 from mbrl.registry import AGENTS
@@ -169,8 +169,9 @@ class MBPOConfig:
             )
         if self.propagation not in PROPAGATIONS:
             raise unknown_name("propagation mode", self.propagation, PROPAGATIONS)
-        if self.reward_source not in REWARD_SOURCES:
-            raise unknown_name("reward source", self.reward_source, REWARD_SOURCES)
+        # a shaped planning reward would change the objective the policy learns
+        if self.reward_source not in ("env", "model"):
+            raise unknown_name("reward source", self.reward_source, ("env", "model"))
         # the nested configs validate their own fields (and name them)
         self.ensemble_config()
         self.trainer_config(0)

@@ -19,7 +19,9 @@ paper's best variant); ``"random_elite"`` is TS1, a new elite per particle per s
 Candidates are scored by the mean return over their particles; rewards come from the
 env's known reward function and terminations from the env spec (PETS uses known
 reward functions; a particle that terminates stops earning). With
-``reward_source="model"`` the ensemble's reward head is used instead.
+``reward_source="model"`` the ensemble's reward head is used instead, and with
+``reward_source="planning"`` the env's shaped planning reward (a deviation: the planner
+then maximizes a different objective from the task's; see ``EnvSpec.planning_reward_fn``).
 
 Evaluation (``deterministic=True``) plans exactly as training does, with its own
 planner and random generator, re-seeded from the run seed at every evaluation and
@@ -122,7 +124,10 @@ class PETSConfig:
         horizon: planning horizon ``H`` (PETS: 30 for HalfCheetah, 25 elsewhere).
         num_particles: rollouts per candidate sequence (PETS: 20).
         propagation: ``fixed_member`` (TS∞, PETS' best) or ``random_elite`` (TS1).
-        reward_source: ``env`` (the task's known reward function) or ``model``.
+        reward_source: ``env`` (the task's known reward function), ``model`` (the
+            ensemble's reward head) or ``planning`` (the env's shaped planning reward,
+            e.g. InvertedPendulum's; a deviation from the task's objective, which still
+            measures every return).
         learning_starts: uniform-random env steps before the first fit (PETS: one episode).
         train_every: 0 refits at the end of every episode (PETS); ``N > 0`` every N steps.
         buffer_size: replay buffer capacity (PETS keeps all data).
@@ -160,10 +165,10 @@ class PETSConfig:
             raise unknown_name("model", self.model, PETS_MODELS)
         if self.planner not in PLANNER_NAMES:
             raise unknown_name("planner", self.planner, PLANNER_NAMES)
-        if self.reward_source not in ("env", "model"):
+        if self.reward_source not in ("env", "model", "planning"):
             raise MbrlError(
                 f"{type(self).__name__}.reward_source={self.reward_source!r} must be "
-                "'env' or 'model'."
+                "'env', 'model' or 'planning'."
             )
         self._check_propagation()
 
@@ -217,6 +222,11 @@ class PETSAgent(OnlineAgent):
             raise MbrlError(
                 f"env '{cfg.run.env}' has no known reward function, which PETS plans with; "
                 "set agent.reward_source=model to plan with the ensemble's reward head."
+            )
+        if a.reward_source == "planning" and self.spec.planning_reward_fn is None:
+            raise MbrlError(
+                f"env '{cfg.run.env}' registers no planning reward "
+                "(agent.reward_source=planning); use agent.reward_source=env."
             )
         self.learning_starts = a.learning_starts
         self.buffer_capacity = a.buffer_size

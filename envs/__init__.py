@@ -46,6 +46,10 @@ class EnvSpec:
         termination_fn: batched termination; ``None`` means unknown, unless
             ``never_terminates`` says the task has no termination condition.
         reward_fn: batched reward computable from ``(obs, act, next_obs)``, or ``None``.
+        planning_reward_fn: optional shaped reward (same signature) that a planner may
+            maximize instead of ``reward_fn`` (PETS ``reward_source=planning``), for tasks
+            whose true reward gives a planner little to rank plans by (e.g. a constant
+            alive bonus). Returns are always measured with the env's own reward.
         never_terminates: the task has no termination condition (e.g. HalfCheetah).
         ref_min_score, ref_max_score: D4RL reference returns for normalized scores.
         max_episode_steps: time limit used by gymnasium.
@@ -58,6 +62,7 @@ class EnvSpec:
     act_dim: int | None = None
     termination_fn: TerminationFn | None = None
     reward_fn: RewardFn | None = None
+    planning_reward_fn: RewardFn | None = None
     never_terminates: bool = False
     ref_min_score: float | None = None
     ref_max_score: float | None = None
@@ -105,6 +110,7 @@ def register_env(
     *,
     termination_fn: TerminationFn | None = None,
     reward_fn: RewardFn | None = None,
+    planning_reward_fn: RewardFn | None = None,
     never_terminates: bool = False,
     max_episode_steps: int | None = None,
     ref_min_score: float | None = None,
@@ -119,6 +125,7 @@ def register_env(
         env_id: the id (``"MyTask-v0"``) for ``--run.env`` and ``gymnasium.make``.
         termination_fn, reward_fn: batched torch functions of ``(obs, act, next_obs)``
             so learned models can roll out in the env (see :class:`EnvSpec`).
+        planning_reward_fn: optional shaped reward for MPC planning (see :class:`EnvSpec`).
         never_terminates: the task has no termination condition.
         max_episode_steps: time limit (``truncated`` after this many steps).
         ref_min_score, ref_max_score: returns that map to normalized scores 0 and 100.
@@ -138,6 +145,7 @@ def register_env(
             id=env_id,
             termination_fn=termination_fn,
             reward_fn=reward_fn,
+            planning_reward_fn=planning_reward_fn,
             never_terminates=never_terminates,
             ref_min_score=ref_min_score,
             ref_max_score=ref_max_score,

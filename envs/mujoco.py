@@ -281,6 +281,20 @@ def inverted_pendulum_v5_reward(obs: Tensor, act: Tensor, next_obs: Tensor) -> T
     return (~inverted_pendulum_termination(obs, act, next_obs)).to(obs.dtype)
 
 
+def inverted_pendulum_planning_reward(obs: Tensor, act: Tensor, next_obs: Tensor) -> Tensor:
+    """A shaped reward for *planning* on InvertedPendulum (not the task's reward):
+    ``alive · (1 − (angle / 0.2)² − 0.1 · x²)``, 0 once terminated.
+
+    The task pays a constant 1 per step alive, so every plan that the model keeps up for
+    the whole horizon scores the same, and nothing keeps the cart from drifting to the end
+    of its rail (``results/planner_ceiling_ip.md``). The two penalties rank such plans by
+    how upright the pole and how centred the cart stay; at most 1 per step, like the task.
+    """
+    alive = (~inverted_pendulum_termination(obs, act, next_obs)).to(obs.dtype)
+    x, angle = next_obs[:, 0].nan_to_num(), next_obs[:, 1].nan_to_num()
+    return alive * (1.0 - (angle / 0.2) ** 2 - 0.1 * x**2)
+
+
 # -- InvertedDoublePendulum: obs = x, sin(th1, th2), cos(th1, th2), clip(qvel, ±10) (3),
 #    clip(qfrc_constraint, ±10) (3 in v4, 1 in v5) ---------------------------------------
 _POLE_LENGTH = 0.6  # both links, from inverted_double_pendulum.xml; the tip site ends link 2
@@ -394,6 +408,7 @@ def _register(
     *,
     reward_fn: RewardFn,
     termination_fn: TerminationFn | None = None,
+    planning_reward_fn: RewardFn | None = None,
     max_episode_steps: int = 1000,
     d4rl: str | None = None,
     notes: str,
@@ -407,6 +422,7 @@ def _register(
         act_dim=act_dim,
         termination_fn=termination_fn,
         reward_fn=reward_fn,
+        planning_reward_fn=planning_reward_fn,
         never_terminates=termination_fn is None,
         ref_min_score=ref_min,
         ref_max_score=ref_max,
@@ -551,7 +567,8 @@ _register(
     1,
     reward_fn=inverted_pendulum_v4_reward,
     termination_fn=inverted_pendulum_termination,
-    notes="Termination and reward exact (1 on every step).",
+    planning_reward_fn=inverted_pendulum_planning_reward,
+    notes="Termination and reward exact (1 on every step); a shaped planning reward.",
     description="InvertedPendulum: balance a pole on a cart; terminates when |angle| > 0.2",
 )
 _register(
@@ -560,7 +577,9 @@ _register(
     1,
     reward_fn=inverted_pendulum_v5_reward,
     termination_fn=inverted_pendulum_termination,
-    notes="Termination and reward exact (1 while not terminated, 0 on the terminal step).",
+    planning_reward_fn=inverted_pendulum_planning_reward,
+    notes="Termination and reward exact (1 while not terminated, 0 on the terminal step); "
+    "a shaped planning reward.",
     description="InvertedPendulum: balance a pole on a cart; terminates when |angle| > 0.2",
 )
 _IDP = (

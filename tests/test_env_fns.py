@@ -257,3 +257,21 @@ def test_point_mass_random_policy_rarely_succeeds_but_control_does() -> None:
         _max_episode_reward(env, lambda o: -np.sign(o[:1]).astype(np.float32), s) for s in range(10)
     ]
     assert min(push) > -0.02
+
+
+def test_inverted_pendulum_planning_reward() -> None:
+    """The shaped planning reward: 1 upright and centred, penalties for the angle and the
+    cart position, 0 once terminated (like the task's); the task's reward is unchanged."""
+    for env_id in ("InvertedPendulum-v4", "InvertedPendulum-v5"):
+        spec = get_env_spec(env_id)
+        assert spec.planning_reward_fn is not None
+        nxt = torch.tensor(
+            [[0.0, 0.0, 0.0, 0.0], [0.5, 0.1, 0.0, 0.0], [-1.0, -0.2, 1.0, 1.0],
+             [0.0, 0.3, 0.0, 0.0], [float("nan"), 0.0, 0.0, 0.0]]
+        )  # fmt: skip
+        obs, act = torch.zeros(5, 4), torch.zeros(5, 1)
+        r = spec.planning_reward_fn(obs, act, nxt)
+        expected = torch.tensor([1.0, 1.0 - 0.25 - 0.025, 1.0 - 1.0 - 0.1, 0.0, 0.0])
+        torch.testing.assert_close(r, expected)
+        assert spec.reward_fn is not None
+        assert spec.reward_fn(obs, act, nxt)[:3].tolist() == [1.0, 1.0, 1.0]

@@ -281,6 +281,18 @@ def test_reward_source() -> None:
     assert torch.all(env.step(torch.zeros(4, A)).rew == 1.0)
     with pytest.raises(MbrlError, match="Did you mean 'model'"):
         ModelEnv(TagModel(3), reward_source="modle")
+    # "planning": the spec's shaped planning reward, and a clear error without one
+    shaped = EnvSpec(
+        id="test",
+        reward_fn=lambda o, a, n: torch.full((len(o),), 7.0),
+        planning_reward_fn=lambda o, a, n: torch.full((len(o),), 0.5),
+    )
+    env = ModelEnv(TagModel(3), shaped, propagation="episode_member", reward_source="planning")
+    env.reset(torch.zeros(4, O))
+    env.set_member(1)
+    assert torch.all(env.step(torch.zeros(4, A)).rew == 0.5)
+    with pytest.raises(MbrlError, match="env 'test' registers none"):
+        ModelEnv(TagModel(3), spec, reward_source="planning")
 
 
 def reference_returns(

@@ -178,6 +178,12 @@ def test_act_before_the_first_fit_is_a_clear_error(tmp_path: Path) -> None:
         agent.act(np.zeros(2, dtype=np.float32))
 
 
+def test_planning_reward_needs_an_env_that_registers_one(tmp_path: Path) -> None:
+    cfg = small_config(reward_source="planning")
+    with pytest.raises(MbrlError, match="registers no planning reward"):
+        make_agent(tmp_path, PETSAgent, cfg)  # the point mass has none
+
+
 def test_evaluation_is_reproducible_and_leaves_training_planner_alone(tmp_path: Path) -> None:
     cfg = small_config(cem={"num_iterations": 2, "population_size": 50}, horizon=8)
     agent = make_agent(tmp_path, PETSAgent, cfg)

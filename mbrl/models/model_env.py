@@ -25,7 +25,8 @@ Conventions:
       the same way (no noise is drawn for it when the env's reward function is used).
       On the fast path the sampling is fused into the ensemble's chunked forward pass.
     * Reward: the env's ``reward_fn(obs, act, next_obs)`` when ``reward_source="env"``
-      and the spec has one, else the model's reward output.
+      and the spec has one, else the model's reward output; ``reward_source="planning"``
+      uses the spec's shaped ``planning_reward_fn`` (for MPC objectives only).
     * Termination: the env's ``termination_fn``; else the model's learned termination
       logit (terminated when the logit is > 0, i.e. probability > 0.5); else never.
     * Masking: once a sample terminates it stays terminated for the rest of the rollout:
@@ -66,7 +67,7 @@ if TYPE_CHECKING:
     from mbrl.envs import EnvSpec
 
 PROPAGATIONS = ("random_elite", "fixed_member", "episode_member", "mean")
-REWARD_SOURCES = ("env", "model")
+REWARD_SOURCES = ("env", "model", "planning")
 
 
 class RolloutModel(Protocol):
@@ -120,7 +121,8 @@ class ModelEnv:
         spec: the task's :class:`~mbrl.envs.EnvSpec` (termination/reward functions), or
             ``None`` for model-only rewards and the model's (or no) termination.
         propagation: one of ``random_elite``, ``fixed_member``, ``episode_member``, ``mean``.
-        reward_source: ``"env"`` (the spec's reward_fn when it has one) or ``"model"``.
+        reward_source: ``"env"`` (the spec's reward_fn when it has one), ``"model"``, or
+            ``"planning"`` (the spec's ``planning_reward_fn``; an error if it has none).
         deterministic: use the predicted means without sampling noise.
         termination_fn, reward_fn: override the spec's functions.
         generator: default ``torch.Generator`` (on the model's device) for ``reset``.
@@ -151,9 +153,15 @@ class ModelEnv:
         if termination_fn is None and spec is not None and not spec.never_terminates:
             termination_fn = spec.termination_fn
         if reward_fn is None and spec is not None:
-            reward_fn = spec.reward_fn
+            reward_fn = spec.planning_reward_fn if reward_source == "planning" else spec.reward_fn
+        if reward_source == "planning" and reward_fn is None:
+            raise MbrlError(
+                f"reward_source='planning' needs a planning reward, and env "
+                f"'{spec.id if spec is not None else None}' registers none "
+                "(register_env(..., planning_reward_fn=...)); use reward_source='env'."
+            )
         self.termination_fn = termination_fn
-        self.reward_fn = reward_fn if reward_source == "env" else None
+        self.reward_fn = reward_fn if reward_source != "model" else None
         self.obs_dim = model.obs_dim
         self.act_dim = model.act_dim
         self.member: int | None = None  # episode_member's member
