@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -60,13 +61,52 @@ def test_model_eval_on_point_mass(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert np.isfinite(ds.observations).all()
 
 
-def test_interrupted_model_eval_resumes_to_the_same_weights(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def interrupted_and_resumed(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: Callable[[Path], list[str]],
+    interrupt: Callable[[dict[str, float]], bool],
+    model: str,
+) -> tuple[Path, Path]:
+    """`args(root)` once uninterrupted (``a``), once stopped by Ctrl-C in the metrics
+    logger when ``interrupt(metrics)`` says so (``b``), then ``b`` resumed; asserts that
+    both end with the same ``model`` weights and returns both run dirs."""
     import torch
 
     from mbrl.rundir import MetricsLogger
 
+    assert main(args(tmp_path / "a")) == 0
+    (full,) = list((tmp_path / "a" / "PointMass1D-v0" / "model-eval").iterdir())
+
+    original_log = MetricsLogger.log
+
+    def interrupting_log(self: MetricsLogger, step: int, metrics: dict[str, float]) -> None:
+        original_log(self, step, metrics)
+        if interrupt(metrics):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(MetricsLogger, "log", interrupting_log)
+    assert main(args(tmp_path / "b")) == 130  # Ctrl-C: interrupted, checkpoint kept
+    monkeypatch.setattr(MetricsLogger, "log", original_log)
+    (part,) = list((tmp_path / "b" / "PointMass1D-v0" / "model-eval").iterdir())
+    assert (part / "checkpoints" / f"fit_{model}.pt").is_file()
+    assert not (part / "summary.json").exists()
+
+    assert main(["model", "eval", "--resume", str(part)]) == 0
+    assert f"{model}: resuming the fit after epoch" in capsys.readouterr().out
+    a = torch.load(full / f"{model}.pt")
+    b = torch.load(part / f"{model}.pt")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    assert (part / "summary.json").is_file()
+    return full, part
+
+
+def test_interrupted_model_eval_resumes_to_the_same_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     def args(root: Path) -> list[str]:
         return [
             "model", "eval", "--run.env", "PointMass1D-v0", "--eval.collect-steps", "900",
@@ -76,31 +116,9 @@ def test_interrupted_model_eval_resumes_to_the_same_weights(
             "--run.run-root", str(root), "--run.no-progress", "--run.no-tensorboard",
         ]  # fmt: skip
 
-    assert main(args(tmp_path / "a")) == 0
-    (full,) = list((tmp_path / "a" / "PointMass1D-v0" / "model-eval").iterdir())
-
-    original_log = MetricsLogger.log
-
-    def interrupting_log(self: MetricsLogger, step: int, metrics: dict[str, float]) -> None:
-        original_log(self, step, metrics)
-        if metrics.get("model/epoch") == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(MetricsLogger, "log", interrupting_log)
-    assert main(args(tmp_path / "b")) == 130  # Ctrl-C: interrupted, checkpoint kept
-    monkeypatch.setattr(MetricsLogger, "log", original_log)
-    (part,) = list((tmp_path / "b" / "PointMass1D-v0" / "model-eval").iterdir())
-    assert (part / "checkpoints" / "fit_ensemble.pt").is_file()
-    assert not (part / "summary.json").exists()
-
-    assert main(["model", "eval", "--resume", str(part)]) == 0
-    assert "resuming the fit after epoch" in capsys.readouterr().out
-    a = torch.load(full / "ensemble.pt")
-    b = torch.load(part / "ensemble.pt")
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
-    assert (part / "summary.json").is_file()
+    interrupted_and_resumed(
+        tmp_path, monkeypatch, capsys, args, lambda m: m.get("model/epoch") == 3, "ensemble"
+    )
 
 
 def test_model_eval_compares_koopman_with_the_ensemble(tmp_path: Path) -> None:
@@ -131,9 +149,6 @@ def test_interrupted_sequence_model_fit_resumes_to_the_same_weights(
 ) -> None:
     """A Koopman fit killed after its 3rd epoch continues with `--resume` and ends with
     the weights of an uninterrupted fit; a resume of a finished run does not refit."""
-    import torch
-
-    from mbrl.rundir import MetricsLogger
 
     def args(root: Path) -> list[str]:
         return [
@@ -145,33 +160,16 @@ def test_interrupted_sequence_model_fit_resumes_to_the_same_weights(
             "--run.run-root", str(root), "--run.no-progress", "--run.no-tensorboard",
         ]  # fmt: skip
 
-    assert main(args(tmp_path / "a")) == 0
-    (full,) = list((tmp_path / "a" / "PointMass1D-v0" / "model-eval").iterdir())
+    epochs_seen: list[float] = []
 
-    original_log = MetricsLogger.log
-    epochs_seen = []
-
-    def interrupting_log(self: MetricsLogger, step: int, metrics: dict[str, float]) -> None:
-        original_log(self, step, metrics)
+    def third_epoch(metrics: dict[str, float]) -> bool:  # the sequence trainer logs per epoch
         if "model/holdout_mse" in metrics:
-            epochs_seen.append(step)
-            if len(epochs_seen) == 3:
-                raise KeyboardInterrupt
+            epochs_seen.append(metrics["model/holdout_mse"])
+        return len(epochs_seen) == 3 and "model/holdout_mse" in metrics
 
-    monkeypatch.setattr(MetricsLogger, "log", interrupting_log)
-    assert main(args(tmp_path / "b")) == 130
-    monkeypatch.setattr(MetricsLogger, "log", original_log)
-    (part,) = list((tmp_path / "b" / "PointMass1D-v0" / "model-eval").iterdir())
-    assert (part / "checkpoints" / "fit_koopman.pt").is_file()
-    assert not (part / "summary.json").exists()
-
-    assert main(["model", "eval", "--resume", str(part)]) == 0
-    assert "koopman: resuming the fit after epoch" in capsys.readouterr().out
-    a = torch.load(full / "koopman.pt")
-    b = torch.load(part / "koopman.pt")
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    full, part = interrupted_and_resumed(
+        tmp_path, monkeypatch, capsys, args, third_epoch, "koopman"
+    )
     s_full = json.loads((full / "summary.json").read_text())
     s_part = json.loads((part / "summary.json").read_text())
     assert s_part["fit"]["koopman"]["epochs"] == s_full["fit"]["koopman"]["epochs"] == 5
