@@ -409,6 +409,7 @@ def cmd_envs(argv: list[str]) -> int:
         table.add_column("act", justify="right")
         table.add_column("term fn")
         table.add_column("rew fn")
+        table.add_column("plan rew")  # a shaped planning reward (reward_source=planning)
         table.add_column("D4RL ref min / max", no_wrap=True)
         for entry in ENVS.entries():
             spec = entry.obj
@@ -419,7 +420,10 @@ def cmd_envs(argv: list[str]) -> int:
                 if spec.ref_min_score is not None and spec.ref_max_score is not None
                 else ""
             )
-            table.add_row(entry.name, str(o), str(a), term, _yes(spec.reward_fn), refs)
+            table.add_row(
+                entry.name, str(o), str(a), term, _yes(spec.reward_fn),
+                "yes" if spec.planning_reward_fn is not None else "", refs,
+            )  # fmt: skip
         console.print(table)
         console.print(f"{len(ENVS)} environments. Add your own with mbrl.envs.register_env.")
 

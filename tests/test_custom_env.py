@@ -87,6 +87,10 @@ def test_envs_command_lists_a_loaded_custom_env(
     assert main(["envs", "--load", str(copy)]) == 0
     out = capsys.readouterr().out
     assert "Listed-v0" in out and "-100.0 / -10.0" in out
+    # the planning-reward column: InvertedPendulum registers one, HalfCheetah does not
+    cells = {ln.split("│")[1].strip(): ln.split("│") for ln in out.splitlines() if "│" in ln}
+    assert cells["InvertedPendulum-v5"][6].strip() == "yes"
+    assert cells["HalfCheetah-v5"][6].strip() == ""
 
 
 def test_train_on_a_custom_env_from_a_file(
