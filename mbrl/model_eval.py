@@ -34,6 +34,7 @@ from torch import Tensor
 
 from mbrl.checkpoint import load_checkpoint, save_checkpoint
 from mbrl.config import RunConfig, check_in_range, check_positive, from_dict, load_yaml, to_dict
+from mbrl.data.buffer import SequenceBatch
 from mbrl.data.d4rl import D4RLDataset, Episode, load_d4rl, save_d4rl, trajectories
 from mbrl.errors import MbrlError
 from mbrl.models.ensemble import EnsembleConfig, ProbabilisticEnsemble
@@ -234,34 +235,27 @@ def model_eval(
         }
         fit_info: dict[str, Any] = {}
         for name in ev.models:
-            if name in SEQUENCE_MODEL_KINDS:
-                ckpt = run_dir.checkpoint_dir / f"fit_{name}.pt"
-                state = load_checkpoint(ckpt) if resume is not None and ckpt.is_file() else None
-                if state is not None:
-                    console.print(f"{name}: resuming the fit after epoch {state.get('epoch')}")
-                fit_info[name], step_fns[name] = _fit_sequence_model(
-                    name, ds.obs_dim, ds.act_dim, ev, train_eps, device, logger.log,
-                    run.progress, ckpt, state, run_dir, console,
-                )  # fmt: skip
-                continue
-            model = ProbabilisticEnsemble(ds.obs_dim, ds.act_dim, ev.ensemble).to(device)
-            trainer = ModelTrainer(model, ev.trainer, device)
             ckpt = run_dir.checkpoint_dir / f"fit_{name}.pt"
             state = load_checkpoint(ckpt) if resume is not None and ckpt.is_file() else None
             if state is not None:
                 console.print(f"{name}: resuming the fit after epoch {state.get('epoch')}")
-            try:
-                fit = trainer.fit(
-                    train["obs"], train["act"], train["rew"], train["next_obs"],
-                    train["terminated"], log_fn=logger.log, progress=run.progress,
-                    resume_state=state, checkpoint_fn=ThrottledCheckpoint(ckpt),
-                )  # fmt: skip
-            except KeyboardInterrupt:
-                save_checkpoint(ckpt, trainer.state_dict())  # the last finished epoch
-                console.print(f"interrupted; 'mbrl model eval --resume {run_dir.path}' continues")
-                raise
-            save_checkpoint(ckpt, trainer.state_dict())  # finished: a resume skips it
+            model: ProbabilisticEnsemble | KoopmanModel | TransformerModel
+            trainer: ModelTrainer | SequenceTrainer
+            if name in SEQUENCE_MODEL_KINDS:
+                model, windows = _sequence_model(name, ds.obs_dim, ds.act_dim, ev, train_eps)
+                model = model.to(device)
+                trainer = SequenceTrainer(model, ev.seq_trainer)
+                data: tuple[Any, ...] = (windows,)
+            else:
+                model = ProbabilisticEnsemble(ds.obs_dim, ds.act_dim, ev.ensemble).to(device)
+                trainer = ModelTrainer(model, ev.trainer, device)
+                data = (train["obs"], train["act"], train["rew"], train["next_obs"],
+                        train["terminated"])  # fmt: skip
+            fit = _checkpointed_fit(
+                trainer, data, ckpt, state, logger.log, run.progress, run_dir, console
+            )
             model.eval()
+            torch.save(model.state_dict(), run_dir.path / f"{name}.pt")
             fit_info[name] = {
                 "epochs": fit.epochs,
                 "stop_reason": fit.stop_reason,
@@ -269,8 +263,14 @@ def model_eval(
                 "holdout_mse_per_member": fit.holdout_mse_per_member,
                 "elite_idx": fit.elite_idx,
             }
-            torch.save(model.state_dict(), run_dir.path / f"{name}.pt")
-            step_fns[name] = ensemble_mean_step_fn(model)
+            if isinstance(model, KoopmanModel):
+                step_fns[name] = koopman_step_fn(model, ev.koopman.reencode_every)
+            elif isinstance(model, TransformerModel):
+                step_fns[name] = transformer_step_fn(model)
+            else:
+                step_fns[name] = ensemble_mean_step_fn(model)
+            if isinstance(trainer, SequenceTrainer):
+                fit_info[name]["windows"] = len(data[0])
         for name, step_fn in step_fns.items():
             errs = open_loop_errors_detailed(
                 step_fn, held_eps, ev.horizons, ev.max_starts, seed=run.seed, obs_var=obs_var,
@@ -317,23 +317,44 @@ def model_eval(
     return run_dir
 
 
-def _fit_sequence_model(
-    name: str,
-    obs_dim: int,
-    act_dim: int,
-    ev: ModelEvalConfig,
-    train_eps: list[Episode],
-    device: torch.device,
+def _checkpointed_fit(
+    trainer: ModelTrainer | SequenceTrainer,
+    data: tuple[Any, ...],
+    ckpt: Path,
+    state: dict[str, Any] | None,
     log_fn: Any,
     progress: bool,
-    ckpt: Path,
-    resume_state: dict[str, Any] | None,
     run_dir: RunDir,
     console: Console,
-) -> tuple[dict[str, Any], StepFn]:
-    """Fit a :class:`KoopmanModel` or :class:`TransformerModel` (``name``) on windows of
-    the training trajectories, checkpointed to ``ckpt`` (resumed from ``resume_state``);
-    the fitted weights go to ``<run dir>/<name>.pt``."""
+) -> Any:
+    """``trainer.fit(*data)`` resumed from ``state``, its state saved to ``ckpt`` at most
+    every 30 s, on Ctrl-C (the last finished epoch) and at its end (so a resume skips it)."""
+
+    def save_last() -> None:
+        last = (
+            trainer.last_fit_state if isinstance(trainer, SequenceTrainer) else trainer.state_dict()
+        )
+        if last is not None:
+            save_checkpoint(ckpt, last)
+
+    try:
+        fit = trainer.fit(
+            *data, log_fn=log_fn, progress=progress,
+            checkpoint_fn=ThrottledCheckpoint(ckpt), resume_state=state,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        save_last()
+        console.print(f"interrupted; 'mbrl model eval --resume {run_dir.path}' continues")
+        raise
+    save_last()
+    return fit
+
+
+def _sequence_model(
+    name: str, obs_dim: int, act_dim: int, ev: ModelEvalConfig, train_eps: list[Episode]
+) -> tuple[KoopmanModel | TransformerModel, SequenceBatch]:
+    """A fresh :class:`KoopmanModel` or :class:`TransformerModel` (``name``) and the
+    windows of the training trajectories it is fitted on."""
     field_name = "horizon" if name == "koopman" else "context"
     length = getattr(getattr(ev, name), field_name)
     windows = windows_from_trajectories(train_eps, length)
@@ -342,37 +363,9 @@ def _fit_sequence_model(
             f"no training trajectory has {name}.{field_name}={length} steps; "
             f"use a shorter --eval.{name}.{field_name} or longer episodes."
         )
-    model: KoopmanModel | TransformerModel
     if name == "koopman":
-        model = KoopmanModel(obs_dim, act_dim, ev.koopman).to(device)
-    else:
-        model = TransformerModel(obs_dim, act_dim, ev.transformer).to(device)
-    trainer = SequenceTrainer(model, ev.seq_trainer)
-    try:
-        fit = trainer.fit(
-            windows, log_fn=log_fn, progress=progress,
-            checkpoint_fn=ThrottledCheckpoint(ckpt), resume_state=resume_state,
-        )  # fmt: skip
-    except KeyboardInterrupt:
-        if trainer.last_fit_state is not None:  # the last finished epoch
-            save_checkpoint(ckpt, trainer.last_fit_state)
-        console.print(f"interrupted; 'mbrl model eval --resume {run_dir.path}' continues")
-        raise
-    if trainer.last_fit_state is not None:  # finished: a resume skips it
-        save_checkpoint(ckpt, trainer.last_fit_state)
-    model.eval()
-    torch.save(model.state_dict(), run_dir.path / f"{name}.pt")
-    info = {
-        "epochs": fit.epochs,
-        "stop_reason": fit.stop_reason,
-        "fit_seconds": round(fit.wall_time, 2),  # all resumed parts together
-        "holdout_mse_per_member": fit.holdout_mse_per_member,
-        "elite_idx": fit.elite_idx,
-        "windows": len(windows),
-    }
-    if isinstance(model, KoopmanModel):
-        return info, koopman_step_fn(model, ev.koopman.reencode_every)
-    return info, transformer_step_fn(model)
+        return KoopmanModel(obs_dim, act_dim, ev.koopman), windows
+    return TransformerModel(obs_dim, act_dim, ev.transformer), windows
 
 
 __all__ = ["ModelEvalConfig", "ModelEvalRun", "model_eval", "split_trajectories"]

@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from mbrl.data.buffer import ReplayBuffer, SequenceBatch
 from mbrl.errors import MbrlError
-from mbrl.models.trainer import budget_reached
+from mbrl.models.trainer import budget_reached, clone_state
 
 LogFn = Callable[[int, dict[str, float]], None]
 CheckpointFn = Callable[[dict[str, Any]], None]
@@ -284,7 +284,7 @@ class SequenceTrainer:
                 "train_idx": train_idx,
                 "hold_idx": hold_idx,
                 "boot": boot,
-                "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                "model": clone_state(model.state_dict()),
                 "optimizer": copy.deepcopy(self.optimizer.state_dict()),
                 "generator": self.generator.get_state(),
                 "best": best.clone(),

@@ -190,7 +190,8 @@ def budget_reached(cfg: Any, epoch: int | None, grad_steps: int, seconds: float)
     return ""
 
 
-def _clone_state(state: dict[str, Any]) -> dict[str, Any]:
+def clone_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A state dict with every tensor detached and copied (for snapshots and checkpoints)."""
     return {k: v.detach().clone() if isinstance(v, Tensor) else v for k, v in state.items()}
 
 
@@ -437,7 +438,7 @@ class ModelTrainer:
                 "train_idx": train_idx,
                 "holdout_idx": holdout_idx,
                 "bootstrap_idx": boot_idx,
-                "model": _clone_state(model.state_dict()),
+                "model": clone_state(model.state_dict()),
                 "optimizer": copy.deepcopy(self.optimizer.state_dict()),
                 "generator": gen.get_state(),
                 "epoch": epoch,
