@@ -36,7 +36,10 @@ transitions of whole trajectories drawn at random with ``--seed``):
      member, and ``transformer PETS objective`` (the same through ``ModelEnv``).
 
    Throughput is reported as candidate·steps/s, where a *candidate* is one rollout row
-   (one action sequence × one particle): rows × horizon / seconds. The models are
+   (one action sequence × one particle): rows × horizon / seconds.
+   ``--rows-sweep 1 7 70 700 7000`` times the same contestants again at each of those
+   batch sizes (``rows`` action sequences × 1 particle): a step loop pays a fixed cost per
+   step that a parallel unroll pays once, so the ranking depends on the batch. The models are
    freshly initialized with the fitted ones' configs (timing depends on shapes, not
    weights) and their normalizers fitted on the dataset.
 
@@ -335,7 +338,8 @@ def rollout_contestants(
         E = koop.num_members
         per = math.ceil(B / E)  # each member its share of the rows (E·per >= B)
         obs0 = start.expand(E, per, O).contiguous()
-        acts = torch.cat([rows_act, rows_act[: E * per - B]])[: E * per].view(E, per, horizon, A)
+        pad = torch.arange(E * per, device=device) % B  # wraps round when B < E
+        acts = rows_act[pad].view(E, per, horizon, A)
         for m in KOOPMAN_METHODS:
             fns[f"koopman predict_sequence ({m})"] = (
                 lambda m=m: koop.predict_sequence(obs0, acts, method=m)  # type: ignore[misc]
@@ -384,6 +388,94 @@ def bench_rollouts(
         k = max(parallel, key=lambda k: out[k]["steps_per_s"])
         out[MAIN_ROLLOUT["koopman"]] = {**out[k], "method": k.split("(")[1].rstrip(")")}
     return out
+
+
+SWEEP_CONTESTANTS = (
+    "ensemble step loop",
+    "koopman predict_sequence (scan)",
+    "koopman predict_sequence (fft)",
+    "koopman predict_sequence (recurrent)",
+    "transformer predict_sequence_grouped",
+)
+
+
+def rows_sweep(
+    ev: ModelEvalConfig,
+    ds: D4RLDataset,
+    spec: EnvSpec | None,
+    sizes: Sequence[int],
+    horizon: int,
+    repeats: int,
+    min_time: float,
+    device: torch.device,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """The main rollouts (:data:`SWEEP_CONTESTANTS`) timed at each batch size in
+    ``sizes`` (that many action sequences, 1 particle each)."""
+    out = []
+    for rows in sizes:
+        fns = rollout_contestants(ev, ds, spec, rows, 1, horizon, device, seed)
+        fns = {k: f for k, f in fns.items() if k in SWEEP_CONTESTANTS}
+        out.append(
+            {"rows": rows, "rollout": bench_rollouts(fns, rows, horizon, repeats, min_time, device)}
+        )
+    return out
+
+
+def sweep_markdown(block: dict[str, Any]) -> list[str]:
+    """The batch-size sweep as a table: seconds per call and the ratio to the ensemble."""
+    sweep = block.get("rollout_sweep")
+    if not sweep:
+        return []
+    H = block["rollout_setup"]["horizon"]
+    lines = [
+        f"Rollout time by batch size ({H} steps, `rows` action sequences × 1 particle, same "
+        "contestants; ms per call, and in brackets the speed relative to the ensemble step "
+        "loop, > 1 = faster):",
+        "",
+        "| rows | ensemble step loop | Koopman parallel (best of scan/FFT) | Koopman recurrent | "
+        "transformer (KV cache) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for entry in sweep:
+        roll = entry["rollout"]
+        base = roll.get("ensemble step loop", {}).get("seconds")
+
+        def cell(key: str, roll: dict[str, Any] = roll, base: float | None = base) -> str:
+            r = roll.get(key)
+            if r is None:
+                return "–"
+            ratio = f" ({base / r['seconds']:.2f}×)" if base else ""
+            meth = f" {r['method']}" if "method" in r else ""
+            return f"{r['seconds'] * 1e3:.1f}{meth}{ratio}"
+
+        lines.append(
+            f"| {entry['rows']:,} | {cell('ensemble step loop')} | "
+            f"{cell(MAIN_ROLLOUT['koopman'])} | {cell('koopman predict_sequence (recurrent)')} | "
+            f"{cell(MAIN_ROLLOUT['transformer'])} |"
+        )
+    return [*lines, ""]
+
+
+def sweep_verdict(block: dict[str, Any]) -> str | None:
+    """One line: the batch sizes at which Koopman's parallel prediction beats the
+    ensemble step loop, and those at which it does not."""
+    sweep = block.get("rollout_sweep")
+    if not sweep:
+        return None
+    faster: list[str] = []
+    slower: list[str] = []
+    for entry in sweep:
+        roll = entry["rollout"]
+        k, e = roll.get(MAIN_ROLLOUT["koopman"]), roll.get("ensemble step loop")
+        if k and e:
+            (faster if k["seconds"] < e["seconds"] else slower).append(
+                f"{entry['rows']:,} ({e['seconds'] / k['seconds']:.2f}×)"
+            )
+    return (
+        "- Batch-size sweep — Koopman's parallel prediction is faster than the ensemble "
+        f"step loop at rows {', '.join(faster) or 'none'}; not at {', '.join(slower) or 'none'}."
+    )
 
 
 # -- wins and losses, generated from the numbers -------------------------------------------
@@ -486,6 +578,9 @@ def wins_and_losses(block: dict[str, Any]) -> list[str]:
                 f"- Koopman's step-by-step recurrence (`recurrent`): "
                 f"{rec['steps_per_s'] / e['steps_per_s']:.2f}× the ensemble step loop."
             )
+    sweep_line = sweep_verdict(block)
+    if sweep_line:
+        lines.append(sweep_line)
     return lines
 
 
@@ -539,7 +634,9 @@ def dataset_markdown(block: dict[str, Any]) -> list[str]:
             continue
         ratio = f"{r['steps_per_s'] / base:.2f}×" if base else "–"
         lines.append(f"| {k} | {r['seconds']:.3f} | {_rate(r['steps_per_s'])} | {ratio} |")
-    lines += ["", "### Where each model wins and loses (generated from the numbers above)", ""]
+    lines.append("")
+    lines += sweep_markdown(block)
+    lines += ["### Where each model wins and loses (generated from the numbers above)", ""]
     lines += wins_and_losses(block) or ["- (too few models to compare)"]
     lines.append("")
     return lines
@@ -660,6 +757,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--candidates", type=int, default=400)
     p.add_argument("--particles", type=int, default=20)
     p.add_argument("--rollout-horizon", type=int, default=50)
+    p.add_argument("--rows-sweep", nargs="*", type=int, default=[],
+                   help="also time rollouts at these batch sizes (rows, 1 particle)")  # fmt: skip
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--min-time", type=float, default=0.5)
     p.add_argument("--threads", type=int, default=1)
@@ -729,6 +828,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "min_time": args.min_time,
                 "reward_and_termination": env_id if spec is not None else None,
             }
+            if args.rows_sweep:
+                block["rollout_sweep"] = rows_sweep(
+                    ev, ds, spec, args.rows_sweep, args.rollout_horizon, args.repeats,
+                    args.min_time, device, args.seed,
+                )  # fmt: skip
             console.print(json.dumps({"dataset": path, "rollout": block["rollout"]}))
             res["datasets"].append(block)
         meta["load_after"] = loadavg()

@@ -113,6 +113,30 @@ def test_wins_and_losses_from_numbers() -> None:
     assert "rollout throughput (2× better than transformer)" in slow  # the ensemble's
 
 
+def test_sweep_verdict_names_where_koopman_wins() -> None:
+    def roll(ens_s: float, koop_s: float) -> dict[str, dict[str, float | str]]:
+        return {
+            "ensemble step loop": {"seconds": ens_s, "steps_per_s": 1.0 / ens_s},
+            bench.MAIN_ROLLOUT["koopman"]: {"seconds": koop_s, "steps_per_s": 1 / koop_s,
+                                            "method": "scan"},
+        }  # fmt: skip
+
+    block = {
+        "rollout_setup": {"horizon": 50},
+        "rollout_sweep": [
+            {"rows": 1, "rollout": roll(0.02, 0.004)},
+            {"rows": 7000, "rollout": roll(1.0, 4.0)},
+        ],
+    }
+    line = bench.sweep_verdict(block)
+    assert line is not None
+    assert "faster than the ensemble step loop at rows 1 (5.00×); not at 7,000 (0.25×)" in line
+    table = "\n".join(bench.sweep_markdown(block))
+    assert "| 1 | 20.0 (1.00×) | 4.0 scan (5.00×) | – | – |" in table
+    assert "| 7,000 | 1000.0 (1.00×) | 4000.0 scan (0.25×) | – | – |" in table
+    assert bench.sweep_verdict({"rollout_setup": {"horizon": 50}}) is None
+
+
 def _fake_pets_run(root: Path, env: str, model: str, seed: int, ret: float) -> None:
     d = root / env / "pets" / f"{seed}-{model}"
     d.mkdir(parents=True)
@@ -168,10 +192,19 @@ def test_end_to_end_tiny(tmp_path: Path) -> None:
     saved = json.loads(Path(f"{out}.json").read_text())
     assert saved["meta"]["commit"] and saved["meta"]["command"].endswith(str(out))
 
-    again = bench.main(argv)  # reuses the fits (same model-eval run, same errors)
+    # reuses the fits (same model-eval run, same errors); the batch sweep includes one
+    # row, fewer than the Koopman ensemble's members (its rows wrap round)
+    again = bench.main([*argv, "--rows-sweep", "1", "4"])
     (block2,) = again["datasets"]
     assert block2["model_eval_run"] == block["model_eval_run"]
     assert block2["models"]["koopman"]["nmse"] == block["models"]["koopman"]["nmse"]
+    assert [e["rows"] for e in block2["rollout_sweep"]] == [1, 4]
+    for e in block2["rollout_sweep"]:
+        assert set(e["rollout"]) == {*bench.SWEEP_CONTESTANTS, bench.MAIN_ROLLOUT["koopman"]}
+        r = e["rollout"]["ensemble step loop"]
+        assert math.isclose(r["steps_per_s"] * r["seconds"], e["rows"] * 50)
+    text = Path(f"{out}.md").read_text()
+    assert "Rollout time by batch size" in text and "Batch-size sweep" in text
 
     pets = tmp_path / "pets"
     for seed in (0, 1):
