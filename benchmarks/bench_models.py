@@ -28,7 +28,8 @@ transitions of whole trajectories drawn at random with ``--seed``):
    * ``koopman predict_sequence (scan|fft|recurrent)``: the Koopman model's multi-step
      prediction of the whole horizon, each member on its share of the rows
      (``obs0 (E, B/E, O)``), unrolled by the associative scan, by FFT convolution, or
-     step by step;
+     step by step; without its reward decoder when the task has a reward function (as
+     ``ModelEnv`` runs it, and as the ensemble step loop scores rewards);
    * ``koopman PETS objective``: ``evaluate_action_sequences`` with the Koopman model,
      which calls ``predict_sequence`` on every member for every row (``E``× the work)
      and picks each row's member;
@@ -341,8 +342,8 @@ def rollout_contestants(
         pad = torch.arange(E * per, device=device) % B  # wraps round when B < E
         acts = rows_act[pad].view(E, per, horizon, A)
         for m in KOOPMAN_METHODS:
-            fns[f"koopman predict_sequence ({m})"] = (
-                lambda m=m: koop.predict_sequence(obs0, acts, method=m)  # type: ignore[misc]
+            fns[f"koopman predict_sequence ({m})"] = lambda m=m: koop.predict_sequence(  # type: ignore[misc]
+                obs0, acts, method=m, with_reward=spec is None
             )
         fns["koopman PETS objective"] = objective(koop)
     if "transformer" in ev.models:
