@@ -294,7 +294,9 @@ def model_eval(
         f"Machine: {prov['machine']}\n"
     )
     (run_dir.path / "results.md").write_text(text)
-    plot_open_loop(nmse, run_dir.path / "open_loop.png", ylabel="normalized MSE", title=source)
+    # a file's name, not its whole path, fits above the plot
+    title = Path(source).name if "/" in source else source
+    plot_open_loop(nmse, run_dir.path / "open_loop.png", ylabel="normalized MSE", title=title)
     run_dir.write_summary(
         {
             "command": "model eval",
