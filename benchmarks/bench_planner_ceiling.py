@@ -15,6 +15,11 @@ survived (the return on InvertedPendulum, +1 per step), the final observation (o
 InvertedPendulum ``[cart position, pole angle, velocities]``: position ±1 is the end of
 the rail), planning ms per step and the wall time.
 
+``--reward planning`` scores the plans with the env's registered ``planning_reward_fn``
+(e.g. InvertedPendulum's shaped ``alive · (1 − (angle/0.2)² − 0.1·x²)``, which PETS'
+``reward_source: planning`` uses) instead of the task's reward; the reported return is
+always the task's own.
+
     .venv/bin/python benchmarks/bench_planner_ceiling.py --env InvertedPendulum-v5 \\
         --planners cem,icem,mppi --horizons 15,30 --out results/planner_ceiling_ip
 """
@@ -32,23 +37,31 @@ import torch
 from torch import Tensor
 
 from mbrl.bench import append_run
+from mbrl.envs import get_env_spec
 from mbrl.models.oracle import OracleDynamics
 from mbrl.planners.base import Planner
 from mbrl.registry import PLANNERS
 from mbrl.rundir import cpu_model, git_commit, script_command
+from mbrl.types import RewardFn
 
 MEASURED_FILES = ("mbrl/planners", "mbrl/models/oracle.py", "benchmarks")
 
 
-def true_returns(oracle: OracleDynamics, start: Tensor, actions: Tensor) -> Tensor:
-    """Sum of true rewards until the true termination: ``actions (P, H, A)`` -> ``(P,)``."""
+def true_returns(
+    oracle: OracleDynamics, start: Tensor, actions: Tensor, reward_fn: RewardFn | None = None
+) -> Tensor:
+    """Sum of rewards until the true termination: ``actions (P, H, A)`` -> ``(P,)``; the
+    true rewards, or ``reward_fn(obs, act, next_obs)`` of the true transitions."""
     obs = start.expand(actions.shape[0], -1).clone()
     alive = torch.ones(actions.shape[0])
     total = torch.zeros(actions.shape[0])
     for t in range(actions.shape[1]):
-        obs, rew, terminated = oracle.step(obs, actions[:, t])
+        next_obs, rew, terminated = oracle.step(obs, actions[:, t])
+        if reward_fn is not None:
+            rew = reward_fn(obs, actions[:, t], next_obs).reshape(-1)
         total += alive * rew
         alive = alive * (~terminated).float()
+        obs = next_obs
     return total
 
 
@@ -72,6 +85,11 @@ def run_one(
     env = gym.make(env_id)
     oracle = OracleDynamics(env_id, nthread=1)
     planner = make_planner(name, env, horizon, args.population, args.iterations, seed)
+    reward_fn = None
+    if args.reward == "planning":
+        reward_fn = get_env_spec(env_id).planning_reward_fn
+        if reward_fn is None:
+            raise SystemExit(f"--reward planning: {env_id} registers no planning_reward_fn.")
     obs, _ = env.reset(seed=seed)
     planner.reset()
     ret, steps, plan_s = 0.0, 0, 0.0
@@ -82,7 +100,7 @@ def run_one(
         tp = time.perf_counter()
 
         def objective(actions: Tensor, start: Tensor = start) -> Tensor:  # (1, P, H, A)
-            return true_returns(oracle, start, actions[0])[None]
+            return true_returns(oracle, start, actions[0], reward_fn)[None]
 
         act = planner.act(objective)[0]
         plan_s += time.perf_counter() - tp
@@ -93,6 +111,7 @@ def run_one(
     oracle.close()
     return {
         "planner": name,
+        "reward": args.reward,
         "horizon": horizon,
         "seed": seed,
         "steps": steps,
@@ -110,8 +129,14 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Population {report['population']}, {report['iterations']} iterations (other "
         "settings: each planner's defaults), one episode of at most "
-        f"{report['steps']} steps per row; plans scored by the true reward until the true "
-        "termination, rolled out by `OracleDynamics`.",
+        f"{report['steps']} steps per row; plans scored by "
+        + (
+            "the env's planning reward (`planning_reward_fn`)"
+            if report.get("reward") == "planning"
+            else "the true reward"
+        )
+        + " until the true termination, rolled out by `OracleDynamics`; returns are the "
+        "task's own.",
         "",
         "| planner | H | seed | steps survived | return | terminated | final obs | plan ms/step |",
         "|---|---:|---:|---:|---:|---|---|---:|",
@@ -140,6 +165,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--iterations", type=int, default=3)
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--seeds", default="0")
+    p.add_argument("--reward", default="task", choices=["task", "planning"],
+                   help="score plans by the task's or the env's planning reward")  # fmt: skip
     p.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -153,6 +180,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "env": args.env,
         "population": args.population,
         "iterations": args.iterations,
+        "reward": args.reward,
         "steps": args.steps,
         "runs": [],
     }

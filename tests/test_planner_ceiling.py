@@ -43,6 +43,17 @@ def test_true_returns_count_steps_until_the_true_termination() -> None:
     assert got["upright"] == [4.0, 4.0]  # balanced for all 4 steps: +1 each
     assert got["falling"] == [0.0, 0.0]  # terminated at once; nothing after counts
 
+    # the planning reward: alive · (1 − (angle/0.2)² − 0.1·x²), summed until termination
+    from mbrl.envs import get_env_spec
+
+    shaped = get_env_spec(ENV).planning_reward_fn
+    oracle = OracleDynamics(ENV, nthread=1)
+    off = torch.tensor([[0.5, 0.0, 0.0, 0.0]])  # half-way to the rail, upright, still
+    got_off = bench.true_returns(oracle, off, torch.zeros(1, 2, 1), shaped)
+    oracle.close()
+    # two steps; the pole barely moves from upright in 0.08 s, so each pays ≈ 1 − 0.025
+    assert got_off.shape == (1,) and 2 * 0.97 < float(got_off[0]) < 2 * 0.976
+
 
 def test_a_short_episode_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "ceiling"
@@ -55,3 +66,11 @@ def test_a_short_episode_is_reported(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert 1 <= run["steps"] <= 5 and run["return"] <= run["steps"]
     assert json.loads(out.with_suffix(".json").read_text())["runs"][0]["steps"] == run["steps"]
     assert "| cem | 3 | 0 |" in out.with_suffix(".md").read_text()
+    shaped = bench.main(
+        ["--planners", "cem", "--horizons", "3", "--steps", "5", "--population", "8",
+         "--iterations", "1", "--reward", "planning"]
+    )  # fmt: skip
+    assert shaped["reward"] == "planning" and shaped["runs"][0]["reward"] == "planning"
+    assert shaped["runs"][0]["return"] == shaped["runs"][0]["steps"] - int(
+        shaped["runs"][0]["terminated"]
+    )  # the reported return is the task's own (+1 per step, 0 on the terminating one)
