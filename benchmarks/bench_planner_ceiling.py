@@ -16,7 +16,8 @@ InvertedPendulum ``[cart position, pole angle, velocities]``: position ±1 is th
 the rail), planning ms per step and the wall time.
 
 ``--reward planning`` scores the plans with the env's registered ``planning_reward_fn``
-(e.g. InvertedPendulum's shaped ``alive · (1 − (angle/0.2)² − 0.1·x²)``, which PETS'
+(e.g. InvertedPendulum's ``alive · exp(−d²/0.6²)`` of the pole tip's distance ``d``
+from its goal, PETS' cartpole cost, which PETS'
 ``reward_source: planning`` uses) instead of the task's reward; the reported return is
 always the task's own.
 

@@ -281,18 +281,29 @@ def inverted_pendulum_v5_reward(obs: Tensor, act: Tensor, next_obs: Tensor) -> T
     return (~inverted_pendulum_termination(obs, act, next_obs)).to(obs.dtype)
 
 
+_IP_POLE_LENGTH = 0.6  # inverted_pendulum.xml: the pole's geom runs from 0 to 0.6 on z
+
+
 def inverted_pendulum_planning_reward(obs: Tensor, act: Tensor, next_obs: Tensor) -> Tensor:
     """A shaped reward for *planning* on InvertedPendulum (not the task's reward):
-    ``alive · (1 − (angle / 0.2)² − 0.1 · x²)``, 0 once terminated.
+    ``alive · exp(−d² / L²)``, where ``d`` is the distance of the pole's tip from its
+    goal ``L`` straight above the rail's centre, ``L = 0.6`` the pole length:
+    ``d² = (x + L sin θ)² + (L (1 − cos θ))²``; 0 once terminated.
 
-    The task pays a constant 1 per step alive, so every plan that the model keeps up for
-    the whole horizon scores the same, and nothing keeps the cart from drifting to the end
-    of its rail (``results/planner_ceiling_ip.md``). The two penalties rank such plans by
-    how upright the pole and how centred the cart stay; at most 1 per step, like the task.
+    This is PETS' own cost for its cartpole task (Chua et al. 2018: ``−exp(−d²/0.6²)``
+    on the tip's distance from the goal) with the task's termination on top. The task
+    pays a constant 1 per step alive, so every plan that the model keeps up for the whole
+    horizon scores the same, and nothing keeps the cart from drifting to the end of its
+    rail, where the pole falls (``results/planner_ceiling_ip.md``). The tip distance
+    couples the two: tilting the pole towards the centre already moves the tip there,
+    which is how a cart is brought back without dropping the pole. At most 1 per step,
+    like the task.
     """
     alive = (~inverted_pendulum_termination(obs, act, next_obs)).to(obs.dtype)
     x, angle = next_obs[:, 0].nan_to_num(), next_obs[:, 1].nan_to_num()
-    return alive * (1.0 - (angle / 0.2) ** 2 - 0.1 * x**2)
+    L = _IP_POLE_LENGTH
+    d2 = (x + L * torch.sin(angle)) ** 2 + (L * (1.0 - torch.cos(angle))) ** 2
+    return alive * torch.exp(-d2 / L**2)
 
 
 # -- InvertedDoublePendulum: obs = x, sin(th1, th2), cos(th1, th2), clip(qvel, ±10) (3),

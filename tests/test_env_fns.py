@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -260,8 +261,9 @@ def test_point_mass_random_policy_rarely_succeeds_but_control_does() -> None:
 
 
 def test_inverted_pendulum_planning_reward() -> None:
-    """The shaped planning reward: 1 upright and centred, penalties for the angle and the
-    cart position, 0 once terminated (like the task's); the task's reward is unchanged."""
+    """The shaped planning reward (PETS' cartpole cost): exp(−d²/0.6²) of the pole tip's
+    distance d from its goal above the rail's centre; 1 upright and centred, 0 once
+    terminated (like the task's); the task's reward is unchanged."""
     for env_id in ("InvertedPendulum-v4", "InvertedPendulum-v5"):
         spec = get_env_spec(env_id)
         assert spec.planning_reward_fn is not None
@@ -271,7 +273,16 @@ def test_inverted_pendulum_planning_reward() -> None:
         )  # fmt: skip
         obs, act = torch.zeros(5, 4), torch.zeros(5, 1)
         r = spec.planning_reward_fn(obs, act, nxt)
-        expected = torch.tensor([1.0, 1.0 - 0.25 - 0.025, 1.0 - 1.0 - 0.1, 0.0, 0.0])
+
+        def tip(x: float, th: float) -> float:
+            d2 = (x + 0.6 * math.sin(th)) ** 2 + (0.6 * (1 - math.cos(th))) ** 2
+            return math.exp(-d2 / 0.36)
+
+        expected = torch.tensor([1.0, tip(0.5, 0.1), tip(-1.0, -0.2), 0.0, 0.0])
         torch.testing.assert_close(r, expected)
         assert spec.reward_fn is not None
         assert spec.reward_fn(obs, act, nxt)[:3].tolist() == [1.0, 1.0, 1.0]
+        # tilting towards the centre is better than upright off-centre: the tip moves in
+        off_upright = spec.planning_reward_fn(obs[:1], act[:1], torch.tensor([[0.3, 0.0, 0, 0]]))
+        off_tilted = spec.planning_reward_fn(obs[:1], act[:1], torch.tensor([[0.3, -0.1, 0, 0]]))
+        assert float(off_tilted) > float(off_upright)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ def test_true_returns_count_steps_until_the_true_termination() -> None:
     assert got["upright"] == [4.0, 4.0]  # balanced for all 4 steps: +1 each
     assert got["falling"] == [0.0, 0.0]  # terminated at once; nothing after counts
 
-    # the planning reward: alive · (1 − (angle/0.2)² − 0.1·x²), summed until termination
+    # the planning reward: alive · exp(−d²/0.6²), d the pole tip's distance from its goal
     from mbrl.envs import get_env_spec
 
     shaped = get_env_spec(ENV).planning_reward_fn
@@ -51,8 +52,9 @@ def test_true_returns_count_steps_until_the_true_termination() -> None:
     off = torch.tensor([[0.5, 0.0, 0.0, 0.0]])  # half-way to the rail, upright, still
     got_off = bench.true_returns(oracle, off, torch.zeros(1, 2, 1), shaped)
     oracle.close()
-    # two steps; the pole barely moves from upright in 0.08 s, so each pays ≈ 1 − 0.025
-    assert got_off.shape == (1,) and 2 * 0.97 < float(got_off[0]) < 2 * 0.976
+    # two steps; the pole barely moves from upright in 0.08 s: d ≈ 0.5, each ≈ exp(−0.25/0.36)
+    one = math.exp(-0.25 / 0.36)
+    assert got_off.shape == (1,) and 2 * (one - 0.01) < float(got_off[0]) < 2 * (one + 0.01)
 
 
 def test_a_short_episode_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
