@@ -74,7 +74,11 @@ def _last_episode_return(buffer: ReplayBuffer) -> float:
     return total
 
 
-AGENTS.register(AGENT, config=PETSConfig)(StoppingPETS)
+def _register() -> None:
+    """Register the stopping agent when a run starts, not at import: importing this module
+    (e.g. from a test) must not add an agent to the registry that others iterate over."""
+    if AGENT not in AGENTS.names():
+        AGENTS.register(AGENT, config=PETSConfig)(StoppingPETS)
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -106,6 +110,7 @@ def run_one(data: dict[str, Any], seed: int, args: argparse.Namespace) -> dict[s
     cfg = TrainConfig(agent=from_dict(PETSConfig, data["agent"]), run=RunConfig(**run_fields))
     StoppingPETS.max_episodes, StoppingPETS.solved = args.episodes, args.solved
     StoppingPETS.returns, StoppingPETS.steps = [], 0
+    _register()
     t0 = time.perf_counter()
     with contextlib.suppress(Stop):
         train(AGENT, cfg)
