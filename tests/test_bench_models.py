@@ -8,16 +8,15 @@ PETS table from hand-made run directories.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import yaml
+from bench_scripts import load_benchmark
 from d4rl_files import write_d4rl_file
 
 from mbrl.data.d4rl import trajectories
@@ -27,19 +26,7 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_bench() -> Any:
-    name = "bench_models"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
+bench = load_benchmark("bench_models")
 
 
 def test_subsample_keeps_whole_trajectories(tmp_path: Path) -> None:

@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
+from bench_scripts import load_benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_bench() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "bench_pets_episodes", ROOT / "benchmarks" / "bench_pets_episodes.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
+bench = load_benchmark("bench_pets_episodes")
 
 
 def test_parse_set_nests_and_parses_values() -> None:

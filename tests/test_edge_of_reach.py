@@ -7,10 +7,8 @@ and verdict on hand-made runs; the whole script end to end on a tiny generated d
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from bench_scripts import load_benchmark
 from d4rl_files import write_d4rl_file
 
 from mbrl.envs import get_env_spec
@@ -30,19 +29,7 @@ warnings.filterwarnings("ignore", message=".*out of date.*")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_bench() -> Any:
-    name = "bench_edge_of_reach"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
+bench = load_benchmark("bench_edge_of_reach")
 
 
 def halfcheetah_states(n: int, seed: int = 0) -> np.ndarray:

@@ -10,6 +10,7 @@ from typing import Any, cast
 import numpy as np
 import pytest
 import torch
+from bench_scripts import load_benchmark
 
 from mbrl.agents.pets import PETSAgent, PETSConfig
 from mbrl.cli import main
@@ -129,17 +130,6 @@ def test_pets_solves_point_mass_within_5_episodes(
     assert any(r["key"] == "train/plan_seconds" and r["value"] > 0 for r in rows)
 
 
-def _bench_pets_episodes() -> Any:
-    import importlib.util
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_pets_episodes.py"
-    spec = importlib.util.spec_from_file_location("bench_pets_episodes", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_pets_solves_inverted_pendulum_within_5_episodes(tmp_path: Path) -> None:
@@ -148,7 +138,7 @@ def test_pets_solves_inverted_pendulum_within_5_episodes(tmp_path: Path) -> None
     on this project's CPU: seed 1 in its 4th episode, seed 0 in its 5th, seed 2 not within
     5 (`results/pets_inverted_pendulum_cpu.md`). Tried in that order, stopping at the
     first success, so that another CPU's floating-point path gets a second chance."""
-    bench = _bench_pets_episodes()
+    bench = load_benchmark("bench_pets_episodes")
     tried = []
     for seed in (1, 0):
         report = bench.main(

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
+from bench_scripts import load_benchmark
 
 from mbrl.models.oracle import OracleDynamics
 
@@ -17,17 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ENV = "InvertedPendulum-v5"
 
 
-def _load_bench() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "bench_planner_ceiling", ROOT / "benchmarks" / "bench_planner_ceiling.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
+bench = load_benchmark("bench_planner_ceiling")
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
