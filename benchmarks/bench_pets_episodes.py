@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import math
-import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,12 +29,12 @@ import torch
 import yaml
 
 from mbrl.agents.pets import PETSAgent, PETSConfig
-from mbrl.bench import append_run
+from mbrl.bench import append_run, train_until_stopped
 from mbrl.config import RunConfig, deep_merge, from_dict, load_preset
 from mbrl.data.buffer import ReplayBuffer
 from mbrl.registry import AGENTS
-from mbrl.rundir import cpu_model, git_commit, read_metrics, script_command
-from mbrl.train import TrainConfig, train
+from mbrl.rundir import cpu_model, git_commit, script_command
+from mbrl.train import TrainConfig
 
 MEASURED_FILES = ("agents", "mbrl", "envs", "configs/pets", "benchmarks")
 AGENT = "bench-pets-episodes"
@@ -112,15 +111,8 @@ def run_one(data: dict[str, Any], seed: int, args: argparse.Namespace) -> dict[s
     StoppingPETS.max_episodes, StoppingPETS.solved = args.episodes, args.solved
     StoppingPETS.returns, StoppingPETS.steps = [], 0
     _register()
-    t0 = time.perf_counter()
-    stopped = False
-    try:
-        train(AGENT, cfg)
-    except Stop:
-        stopped = True
-    wall = time.perf_counter() - t0
-    run_dir = sorted(Path(args.root).glob(f"*/{AGENT}/{seed}-*"))[-1]
-    rows = read_metrics(run_dir / "metrics.csv")
+    run = train_until_stopped(AGENT, cfg, Stop)
+    stopped, rows = run.stopped, run.rows
     # the run's own rows for every episode but the last (logged after the hook)
     logged = [r["value"] for r in rows if r["key"] == "rollout/episode_return"]
     seen = StoppingPETS.returns  # summed from the buffer's float32 rewards
@@ -137,8 +129,8 @@ def run_one(data: dict[str, Any], seed: int, args: argparse.Namespace) -> dict[s
         "solved_episode": solved_at,
         "fit_seconds": round(sum(fit), 1),
         "env_steps": StoppingPETS.steps,
-        "wall_s": round(wall, 1),
-        "run_dir": str(run_dir),
+        "wall_s": round(run.wall_s, 1),
+        "run_dir": str(run.run_dir),
     }
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +30,12 @@ import torch
 
 from mbrl.agents.pets import PETSAgent, PETSConfig
 from mbrl.agents.psrl import PSRLAgent, PSRLConfig
-from mbrl.bench import append_run
+from mbrl.bench import append_run, train_until_stopped
 from mbrl.config import RunConfig, from_dict, load_preset
 from mbrl.data.buffer import ReplayBuffer
 from mbrl.registry import AGENTS
-from mbrl.rundir import cpu_model, git_commit, read_metrics, script_command
-from mbrl.train import TrainConfig, train
+from mbrl.rundir import cpu_model, git_commit, script_command
+from mbrl.train import TrainConfig
 
 EPISODE_STEPS = 999
 MEASURED_FILES = ("agents", "mbrl", "envs", "configs/pets", "configs/psrl", "benchmarks")
@@ -88,15 +87,8 @@ def run_one(name: str, seed: int, max_episodes: int, root: Path) -> dict[str, An
     }
     run = RunConfig(**run_fields)
     cfg = TrainConfig(agent=from_dict(cfg_cls, data["agent"]), run=run)
-    t0 = time.perf_counter()
-    reached = False
-    try:
-        train(agent_name, cfg)
-    except GoalReached:
-        reached = True
-    wall = time.perf_counter() - t0
-    (run_dir,) = sorted((root / name).glob(f"*/{agent_name}/{seed}-*"))[-1:]
-    rows = read_metrics(run_dir / "metrics.csv")
+    ended = train_until_stopped(agent_name, cfg, GoalReached)
+    reached, rows = ended.stopped, ended.rows
     returns = [r["value"] for r in rows if r["key"] == "rollout/episode_return"]
     lengths = [r["value"] for r in rows if r["key"] == "rollout/episode_length"]
     plan = [r["value"] for r in rows if r["key"] == "train/plan_seconds"]
@@ -108,8 +100,8 @@ def run_one(name: str, seed: int, max_episodes: int, root: Path) -> dict[str, An
         "episodes_run": episodes,
         "episode_returns": [round(x, 2) for x in returns],
         "plan_seconds_per_step": round(sum(plan) / len(plan), 4) if plan else None,
-        "wall_s": round(wall, 1),
-        "run_dir": str(run_dir),
+        "wall_s": round(ended.wall_s, 1),
+        "run_dir": str(ended.run_dir),
     }
 
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mbrl.train import TrainConfig
 
 
 def timeit(fn: Callable[[], object], min_time: float, sync: Callable[[], None]) -> float:
@@ -27,6 +31,37 @@ def timeit(fn: Callable[[], object], min_time: float, sync: Callable[[], None]) 
         elapsed = time.perf_counter() - t0
         if elapsed >= min_time:
             return elapsed / n
+
+
+@dataclass
+class StoppedRun:
+    """A training run that a benchmark's agent may end early by raising an exception."""
+
+    stopped: bool  # ended by the stop exception (else: its step budget)
+    wall_s: float
+    run_dir: Path
+    rows: list[dict[str, Any]]  # its metrics.csv rows
+
+
+def train_until_stopped(
+    agent_name: str, cfg: TrainConfig[Any], stop: type[Exception]
+) -> StoppedRun:
+    """Run ``mbrl.train.train(agent_name, cfg)``, where the (benchmark's own registered)
+    agent may raise ``stop`` to end the run early, e.g. at the end of a chosen episode;
+    returns how it ended, the wall time, the run directory and its metrics."""
+    from mbrl.rundir import read_metrics
+    from mbrl.train import train
+
+    t0 = time.perf_counter()
+    stopped = False
+    try:
+        train(agent_name, cfg)
+    except stop:
+        stopped = True
+    wall = time.perf_counter() - t0
+    root, seed = Path(cfg.run.run_root), cfg.run.seed
+    run_dir = sorted(root.glob(f"*/{agent_name}/{seed}-*"))[-1]
+    return StoppedRun(stopped, wall, run_dir, read_metrics(run_dir / "metrics.csv"))
 
 
 def _write_files(report: dict[str, Any], md: str, out: str | Path) -> None:
@@ -58,4 +93,4 @@ def append_run(
         _write_files(report, render(report), out)
 
 
-__all__ = ["append_run", "timeit", "write_report"]
+__all__ = ["StoppedRun", "append_run", "timeit", "train_until_stopped", "write_report"]
