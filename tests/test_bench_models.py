@@ -66,6 +66,11 @@ def _block(koopman_rate: float) -> dict[str, Any]:
         "koopman predict_sequence (recurrent)": {"seconds": 1.0, "steps_per_s": 80.0},
         "koopman predict_sequence (best parallel)": {
             "seconds": 1.0,
+            "steps_per_s": 30.0,
+            "method": "fft",
+        },
+        "koopman PETS objective (best parallel)": {
+            "seconds": 1.0,
             "steps_per_s": koopman_rate,
             "method": "scan",
         },
@@ -75,7 +80,7 @@ def _block(koopman_rate: float) -> dict[str, Any]:
         "horizons": [1, 10, 25, 50],
         "models": models,
         "rollout": rollout,
-        "rollout_setup": {"horizon": 50},
+        "rollout_setup": {"horizon": 50, "candidates": 400, "particles": 20},
     }
 
 
@@ -93,7 +98,10 @@ def test_wins_and_losses_from_numbers() -> None:
     assert "open-loop error at h=50 (8× worse than ensemble)" in tf
     # copy-obs beats the ensemble at h=50 and the transformer from h=10 on
     assert "ensemble at h=50; koopman at h=1; transformer at h=10, 25, 50" in text
-    assert "2.50× (faster ✓)" in text
+    assert "(400 sequences × 20 particles, 50 steps) by the Koopman model's parallel " in text
+    assert "(`scan`) vs the ensemble rolled step by step: 2.50× (faster ✓)" in text
+    assert "(`fft`) on 8,000 distinct rows (no particles shared)" in text
+    assert "over 50 steps: 0.30× (NOT faster ✗)" in text
     slow = "\n".join(bench.wins_and_losses(_block(koopman_rate=40.0)))
     assert "0.40× (NOT faster ✗)" in slow
     assert "rollout throughput (1.25× worse than transformer)" in slow  # 40 vs 50
@@ -104,8 +112,8 @@ def test_sweep_verdict_names_where_koopman_wins() -> None:
     def roll(ens_s: float, koop_s: float) -> dict[str, dict[str, float | str]]:
         return {
             "ensemble step loop": {"seconds": ens_s, "steps_per_s": 1.0 / ens_s},
-            bench.MAIN_ROLLOUT["koopman"]: {"seconds": koop_s, "steps_per_s": 1 / koop_s,
-                                            "method": "scan"},
+            bench.KOOPMAN_SEQUENCE: {"seconds": koop_s, "steps_per_s": 1 / koop_s,
+                                     "method": "scan"},
         }  # fmt: skip
 
     block = {
@@ -122,6 +130,26 @@ def test_sweep_verdict_names_where_koopman_wins() -> None:
     assert "| 1 | 20.0 (1.00×) | 4.0 scan (5.00×) | – | – |" in table
     assert "| 7,000 | 1000.0 (1.00×) | 4000.0 scan (0.25×) | – | – |" in table
     assert bench.sweep_verdict({"rollout_setup": {"horizon": 50}}) is None
+
+
+def test_rollout_only_times_without_fitting(tmp_path: Path) -> None:
+    data = write_d4rl_file(
+        tmp_path / "halfcheetah-v4-medium.hdf5", n_episodes=3, ep_len=40, obs_dim=17, act_dim=6
+    )
+    out = tmp_path / "report"
+    argv = [
+        "--dataset", str(data), "--rollout-only", "--models", "ensemble", "koopman",
+        "--set", "ensemble.hidden_size=16", "koopman.hidden_size=16", "koopman.latent_dim=8",
+        "--candidates", "6", "--particles", "8", "--repeats", "1", "--min-time", "0",
+        "--run-root", str(tmp_path / "runs"), "--out", str(out),
+    ]  # fmt: skip
+    (block,) = bench.main(argv)["datasets"]
+    assert block["models"] == {} and block["model_eval_run"] is None
+    assert not (tmp_path / "runs").exists()  # nothing was fitted
+    assert block["rollout"]["koopman PETS objective (best parallel)"]["steps_per_s"] > 0
+    text = Path(f"{out}.md").read_text()
+    assert "(HalfCheetah-v4): rollout timing only" in text and "nMSE" not in text.split("##")[1]
+    assert "Issue check — PETS' objective (6 sequences × 8 particles, 50 steps)" in text
 
 
 def _fake_pets_run(root: Path, env: str, model: str, seed: int, ret: float) -> None:
@@ -164,12 +192,13 @@ def test_end_to_end_tiny(tmp_path: Path) -> None:
         assert r["epochs"] == 2 and r["stop_reason"] == "max_epochs" and r["fit_seconds"] > 0
     assert set(block["models"]) >= {"copy-obs", "linear"}
     roll = block["rollout"]
-    assert len(roll) == 9 and all(r["steps_per_s"] > 0 for r in roll.values())
-    best = roll["koopman predict_sequence (best parallel)"]
-    assert best["method"] in ("scan", "fft")
-    assert best["steps_per_s"] == max(
-        roll[f"koopman predict_sequence ({m})"]["steps_per_s"] for m in ("scan", "fft")
-    )
+    assert len(roll) == 13 and all(r["steps_per_s"] > 0 for r in roll.values())
+    for family in ("predict_sequence", "PETS objective"):
+        best = roll[f"koopman {family} (best parallel)"]
+        assert best["method"] in ("scan", "fft")
+        assert best["steps_per_s"] == max(
+            roll[f"koopman {family} ({m})"]["steps_per_s"] for m in ("scan", "fft")
+        )
     assert math.isclose(
         roll["ensemble step loop"]["steps_per_s"] * roll["ensemble step loop"]["seconds"], 12 * 50
     )
@@ -187,7 +216,7 @@ def test_end_to_end_tiny(tmp_path: Path) -> None:
     assert block2["models"]["koopman"]["nmse"] == block["models"]["koopman"]["nmse"]
     assert [e["rows"] for e in block2["rollout_sweep"]] == [1, 4]
     for e in block2["rollout_sweep"]:
-        assert set(e["rollout"]) == {*bench.SWEEP_CONTESTANTS, bench.MAIN_ROLLOUT["koopman"]}
+        assert set(e["rollout"]) == {*bench.SWEEP_CONTESTANTS, bench.KOOPMAN_SEQUENCE}
         r = e["rollout"]["ensemble step loop"]
         assert math.isclose(r["steps_per_s"] * r["seconds"], e["rows"] * 50)
     text = Path(f"{out}.md").read_text()

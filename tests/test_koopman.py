@@ -455,6 +455,55 @@ def test_planning_objective_uses_the_parallel_sequence_path(
     torch.testing.assert_close(got, ret.view(2, 5, 4).mean(-1), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("propagation", ["fixed_member", "episode_member"])
+def test_planning_objective_runs_each_sequence_member_pair_once(propagation: str) -> None:
+    """Deterministic members: the particles of one sequence that share a member coincide,
+    so the objective unrolls K·S·P rows (K members in use), not S·P·R, and returns what
+    unrolling every particle returns."""
+    torch.manual_seed(0)
+    cfg = KoopmanConfig(num_members=3, latent_dim=6, hidden_size=16, num_layers=1, horizon=8)
+    model = KoopmanModel(2, 1, cfg)
+    env = ModelEnv(model, get_env_spec("PointMass1D-v0"), propagation=propagation)
+    if propagation == "episode_member":
+        env.set_member(1)
+    start = torch.tensor([[8.0, 0.0], [-9.0, 0.5]])
+    actions = torch.rand(2, 5, 6, 1, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    rows: list[int] = []
+    grouped = model.predict_sequence_grouped
+
+    def counting(obs0: torch.Tensor, *args: object, **kw: object) -> object:
+        rows.append(obs0.shape[0])
+        return grouped(obs0, *args, **kw)  # type: ignore[arg-type]
+
+    model.predict_sequence_grouped = counting  # type: ignore[method-assign]
+    got = env.evaluate_action_sequences(actions, start, 7, torch.Generator().manual_seed(1))
+    model.deterministic = False  # the same call without the shortcut: every particle
+    full = env.evaluate_action_sequences(actions, start, 7, torch.Generator().manual_seed(1))
+    k = 3 if propagation == "fixed_member" else 1
+    assert rows == [k * 2 * 5, 2 * 5 * 7]
+    torch.testing.assert_close(got, full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("reencode_every", [0, 4])
+def test_chunked_sequence_prediction_equals_the_whole_batch(
+    reencode_every: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On CPU ``predict_sequence`` runs cache-sized chunks of sequences; same numbers as
+    the whole batch at once, re-encoding included."""
+    import mbrl.models.koopman as koopman
+
+    torch.manual_seed(0)
+    cfg = KoopmanConfig(num_members=2, latent_dim=6, hidden_size=16, num_layers=1, horizon=8)
+    model = KoopmanModel(3, 2, cfg)
+    obs0, act = torch.randn(2, 75, 3), torch.rand(2, 75, 10, 2) * 2 - 1  # 3 chunks of 32
+    chunked = model.predict_sequence(obs0, act, reencode_every=reencode_every)
+    monkeypatch.setattr(koopman, "SEQ_CHUNK", 10**6)
+    whole = model.predict_sequence(obs0, act, reencode_every=reencode_every)
+    assert chunked[0].shape == (2, 75, 10, 3) and chunked[1].shape == (2, 75, 10)
+    for a, b in zip(chunked, whole, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_chunked_cpu_inference_equals_the_batched_forward() -> None:
     """Big no-grad batches go through cache-sized chunks per member; same numbers."""
     from mbrl.models.koopman import CHUNK_ROWS, _MemberMLP

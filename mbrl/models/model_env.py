@@ -321,12 +321,14 @@ class ModelEnv:
         return self._member_of_rows(B)
 
     def _member_of_rows(self, B: int) -> Tensor:
-        ids = self._fill_grouped_ids(
-            self._counts, torch.empty(B, dtype=torch.long, device=self.device)
-        )
-        if self._order is None:
+        return self._member_ids(self._counts, self._order, B)
+
+    def _member_ids(self, counts: list[int], order: Tensor | None, B: int) -> Tensor:
+        """``(B,)`` member of each row for the grouped layout ``counts``/``order``."""
+        ids = self._fill_grouped_ids(counts, torch.empty(B, dtype=torch.long, device=self.device))
+        if order is None:
             return ids
-        return torch.empty_like(ids).index_copy_(0, self._order, ids)
+        return torch.empty_like(ids).index_copy_(0, order, ids)
 
     # -- stepping ----------------------------------------------------------------------
     @torch.no_grad()
@@ -482,8 +484,14 @@ class ModelEnv:
         # horizon at once; `mean` (re-averaged every step) and TS1 need the step loop
         members_fixed = self.propagation in ("fixed_member", "episode_member")
         if members_fixed and hasattr(self.model, "predict_sequence"):
-            acts = actions[:, :, None].expand(S, P, R, H, A).reshape(-1, H, A)
-            ret = self._sequence_returns(obs0.to(self.device, torch.float32), acts)
+            used = [e for e, n in enumerate(self._counts) if n]
+            if getattr(self.model, "deterministic", False) and len(used) < R:
+                # deterministic members: the particles of one sequence that share a member
+                # follow the same trajectory, so each (sequence, member) runs once
+                ret = self._member_sequence_returns(start_obs, actions, R, used)
+            else:
+                acts = actions[:, :, None].expand(S, P, R, H, A).reshape(-1, H, A)
+                ret = self._sequence_returns(obs0.to(self.device, torch.float32), acts)
             ret = ret.view(S, P, R).mean(-1)
             ret = torch.where(torch.isfinite(ret), ret, torch.full_like(ret, -1e10))
             return ret[0] if single else ret
@@ -495,22 +503,53 @@ class ModelEnv:
         ret = torch.where(torch.isfinite(ret), ret, torch.full_like(ret, -1e10))
         return ret[0] if single else ret
 
-    def _sequence_returns(self, obs0: Tensor, acts: Tensor) -> Tensor:
+    def _member_sequence_returns(
+        self, start_obs: Tensor, actions: Tensor, R: int, used: list[int]
+    ) -> Tensor:
+        """:meth:`_sequence_returns` of every particle of ``actions (S, P, H, A)`` from
+        ``start_obs (S, O)`` for a deterministic model, computing each (sequence, member)
+        pair once: ``K·S·P`` rows for the ``K = len(used)`` members in use instead of
+        ``S·P·R``. Returns ``(S·P·R,)``, each particle the return of its own member (as
+        :meth:`reset` assigned it)."""
+        S, P, H, A = actions.shape
+        K, SP = len(used), S * P
+        obs_sp = start_obs.to(self.device, torch.float32)[:, None].expand(S, P, self.obs_dim)
+        obs_rows = obs_sp.reshape(1, SP, self.obs_dim).expand(K, SP, self.obs_dim)
+        act_rows = actions.reshape(1, SP, H, A).expand(K, SP, H, A)
+        counts = [SP if e in used else 0 for e in range(self.model.num_members)]
+        ret_km = self._sequence_returns(
+            obs_rows.reshape(K * SP, self.obs_dim), act_rows.reshape(K * SP, H, A), counts, None
+        ).view(K, SP)  # rows grouped by member, in member order
+        pos = torch.full((self.model.num_members,), -1, dtype=torch.long, device=self.device)
+        pos[torch.tensor(used, device=self.device)] = torch.arange(K, device=self.device)
+        member = self._member_of_rows(SP * R).view(SP, R)
+        return ret_km[pos[member], torch.arange(SP, device=self.device)[:, None]].reshape(-1)
+
+    def _sequence_returns(
+        self,
+        obs0: Tensor,
+        acts: Tensor,
+        counts: list[int] | None = None,
+        order: Tensor | None = None,
+    ) -> Tensor:
         """Returns ``(B,)`` of whole action sequences ``acts (B, H, A)`` through a
         sequence model's ``predict_sequence`` (e.g. Koopman's parallel unroll), with the
-        members :meth:`reset` assigned and the same reward/termination rules as
-        :meth:`step`: a sample that terminated earns nothing afterwards. Sequence models
-        take ``with_reward=False`` when the task's reward function scores (Koopman then
-        skips its reward decoder)."""
+        members :meth:`reset` assigned (or ``counts``/``order`` in the grouped layout of
+        :meth:`~mbrl.models.members.MemberEnsemble.predict_grouped`) and the same
+        reward/termination rules as :meth:`step`: a sample that terminated earns nothing
+        afterwards. Sequence models take ``with_reward=False`` when the task's reward
+        function scores (Koopman then skips its reward decoder)."""
         B, H, A = acts.shape
+        if counts is None:
+            counts, order = self._counts, self._order
         seq_model: Any = self.model
         # the task's reward function scores: the model's reward decoder can be skipped
         kw = {"with_reward": False} if self.reward_fn is not None else {}
         if hasattr(seq_model, "predict_sequence_grouped"):  # each row by its member only
-            nxt, r = seq_model.predict_sequence_grouped(obs0, acts, self._counts, self._order, **kw)
+            nxt, r = seq_model.predict_sequence_grouped(obs0, acts, counts, order, **kw)
         else:
             next_obs, rew = seq_model.predict_sequence(obs0, acts, **kw)  # (E,B,H,O), (E,B,H)
-            member, rows = self._member_of_rows(B), torch.arange(B, device=self.device)
+            member, rows = self._member_ids(counts, order, B), torch.arange(B, device=self.device)
             nxt, r = next_obs[member, rows], rew[member, rows]  # (B, H, O), (B, H)
         prev = torch.cat([obs0[:, None], nxt[:, :-1]], dim=1)
         flat = (prev.reshape(-1, self.obs_dim), acts.reshape(-1, A), nxt.reshape(-1, self.obs_dim))
