@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -109,9 +109,12 @@ class ModelEvalRun:
     run: RunConfig = field(default_factory=lambda: RunConfig(eval_every=0, checkpoint_every=0))
 
 
+_T = TypeVar("_T")  # an episode, or anything split the same way
+
+
 def split_trajectories(
-    episodes: list[Episode], heldout_fraction: float, seed: int
-) -> tuple[list[Episode], list[Episode]]:
+    episodes: list[_T], heldout_fraction: float, seed: int
+) -> tuple[list[_T], list[_T]]:
     """Random split of whole episodes into (train, held-out); both non-empty."""
     if len(episodes) < 2:
         raise MbrlError(

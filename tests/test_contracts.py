@@ -62,7 +62,9 @@ def test_agent_config_round_trips_through_yaml(name: str, tmp_path: Path) -> Non
 def test_agent_is_listed_and_described(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["agents", name]) == 0
     out = capsys.readouterr().out
-    first_field = dataclasses.fields(AGENTS.get(name).config)[0].name
+    config = AGENTS.get(name).config
+    assert config is not None, f"agent {name!r} registers no config dataclass"
+    first_field = dataclasses.fields(config)[0].name
     assert f"agent.{first_field}" in out
 
 
@@ -70,8 +72,10 @@ def test_agent_is_listed_and_described(name: str, capsys: pytest.CaptureFixture[
 def test_agent_presets_are_valid(name: str) -> None:
     from mbrl.config import RunConfig, list_presets, load_preset
 
+    config = AGENTS.get(name).config
+    assert config is not None
     for preset in list_presets(name):
         data = load_preset(name, preset)
         assert set(data) <= {"agent", "run"}, preset
-        from_dict(AGENTS.get(name).config, data.get("agent", {}), source=preset)
+        from_dict(config, data.get("agent", {}), source=preset)
         from_dict(RunConfig, data.get("run", {}), source=preset)

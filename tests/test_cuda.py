@@ -144,7 +144,7 @@ def test_planning_objective_on_the_gpu_equals_the_cpu_result() -> None:
     ],
     ids=["cem", "icem", "mppi"],
 )
-def test_planners_find_the_optimum_on_the_gpu(planner) -> None:  # type: ignore[no-untyped-def]
+def test_planners_find_the_optimum_on_the_gpu(planner: Callable[..., CEM | ICEM | MPPI]) -> None:
     lo, hi = torch.full((A,), -1.0, device=CUDA), torch.ones(A, device=CUDA)
     p = planner(lo, hi, torch.Generator(device=CUDA).manual_seed(0))
     targets = torch.tensor([[0.5, -0.3], [-0.7, 0.2]], device=CUDA)

@@ -69,11 +69,11 @@ def test_broken_env_is_refused_at_registration() -> None:
             self.observation_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
             self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
 
-        def reset(self, *, seed=None, options=None):  # type: ignore[no-untyped-def]
+        def reset(self, *, seed=None, options=None):
             super().reset(seed=seed)
             return np.full(3, 5.0, dtype=np.float32), {}
 
-        def step(self, action):  # type: ignore[no-untyped-def]
+        def step(self, action):
             return np.zeros(3, dtype=np.float32), 0.0, False, False, {}
 
     with pytest.raises(MbrlError, match=r"'Broken-v0' .*fails gymnasium's env checker"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -152,7 +153,9 @@ def test_predict_grouped_matches_predict_and_ignores_noise() -> None:
         model.predict_grouped(obs, act, [5, 5])
 
 
-def test_predict_sequence_grouped_runs_each_row_through_its_own_member() -> None:
+def test_predict_sequence_grouped_runs_each_row_through_its_own_member(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     model = small_model()
     obs0, act = torch.randn(7, O), torch.randn(7, 5, A)
     full_obs, full_rew = model.predict_sequence(obs0, act)  # (E, 7, 5, O), (E, 7, 5)
@@ -162,11 +165,11 @@ def test_predict_sequence_grouped_runs_each_row_through_its_own_member() -> None
     calls: list[tuple[int, ...]] = []
     predict_sequence = model.predict_sequence
 
-    def spy(o: torch.Tensor, a: torch.Tensor, **kw: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def spy(o: torch.Tensor, a: torch.Tensor, **kw: Any) -> tuple[torch.Tensor, torch.Tensor]:
         calls.append(tuple(o.shape))
         return predict_sequence(o, a, **kw)
 
-    model.predict_sequence = spy  # type: ignore[method-assign]
+    monkeypatch.setattr(model, "predict_sequence", spy)
     nobs, rew = model.predict_sequence_grouped(obs0, act, counts, order)
     rows = torch.arange(7)
     torch.testing.assert_close(nobs, full_obs[member, rows], rtol=1e-5, atol=1e-5)
@@ -456,7 +459,9 @@ def test_planning_objective_uses_the_parallel_sequence_path(
 
 
 @pytest.mark.parametrize("propagation", ["fixed_member", "episode_member"])
-def test_planning_objective_runs_each_sequence_member_pair_once(propagation: str) -> None:
+def test_planning_objective_runs_each_sequence_member_pair_once(
+    propagation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Deterministic members: the particles of one sequence that share a member coincide,
     so the objective unrolls K·S·P rows (K members in use), not S·P·R, and returns what
     unrolling every particle returns."""
@@ -475,7 +480,7 @@ def test_planning_objective_runs_each_sequence_member_pair_once(propagation: str
         rows.append(obs0.shape[0])
         return grouped(obs0, *args, **kw)  # type: ignore[arg-type]
 
-    model.predict_sequence_grouped = counting  # type: ignore[method-assign]
+    monkeypatch.setattr(model, "predict_sequence_grouped", counting)
     got = env.evaluate_action_sequences(actions, start, 7, torch.Generator().manual_seed(1))
     model.deterministic = False  # the same call without the shortcut: every particle
     full = env.evaluate_action_sequences(actions, start, 7, torch.Generator().manual_seed(1))

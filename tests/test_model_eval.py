@@ -22,13 +22,13 @@ class _Ep:
 
 def test_split_holds_out_whole_trajectories() -> None:
     eps = [_Ep(i) for i in range(10)]
-    train, held = split_trajectories(eps, 0.2, seed=0)  # type: ignore[arg-type]
+    train, held = split_trajectories(eps, 0.2, seed=0)
     assert len(held) == 2 and len(train) == 8
     assert sorted(e.i for e in train + held) == list(range(10))
-    again = split_trajectories(eps, 0.2, seed=0)  # type: ignore[arg-type]
+    again = split_trajectories(eps, 0.2, seed=0)
     assert [e.i for e in again[1]] == [e.i for e in held]
     with pytest.raises(MbrlError, match="at least 2 trajectories"):
-        split_trajectories(eps[:1], 0.2, seed=0)  # type: ignore[arg-type]
+        split_trajectories(eps[:1], 0.2, seed=0)
 
 
 def test_model_eval_on_point_mass(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -50,7 +50,7 @@ def collect(
     """``steps`` transitions of ``policy`` (uniform-random if ``None``) in D4RL layout."""
     env = get_env_spec(env_id).make()
     rng = np.random.default_rng(seed)
-    low, high = env.action_space.low, env.action_space.high  # type: ignore[attr-defined]
+    low, high = env.action_space.low, env.action_space.high
     keys = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
     cols: dict[str, list[object]] = {k: [] for k in keys}
     obs, _ = env.reset(seed=seed)

@@ -290,7 +290,7 @@ def test_sac_config_from_flat_takes_sacs_fields_by_name() -> None:
     from mbrl.agents.mbpo import MBPOConfig
     from mbrl.agents.ravl import RAVLConfig
 
-    mbpo = MBPOConfig(num_critics=3, hidden_sizes=[64, 64], updates_per_step=7)  # type: ignore[arg-type]
+    mbpo = MBPOConfig(num_critics=3, hidden_sizes=[64, 64], updates_per_step=7)
     sac = mbpo.sac_config()
     assert (sac.num_critics, sac.hidden_sizes, sac.updates_per_step) == (3, (64, 64), 7)
     assert sac.learning_starts == mbpo.learning_starts and sac.gamma == mbpo.gamma

@@ -18,7 +18,7 @@ checkpoint continues the exact same sample sequence as one that never stopped.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from itertools import pairwise
 from typing import Any
@@ -30,7 +30,8 @@ from torch import Tensor
 from mbrl.errors import MbrlError
 from mbrl.types import TransitionBatch
 
-ArrayLike = Tensor | np.ndarray | float | int | bool
+# lists too: torch.as_tensor takes them (e.g. add([0.5], [1.0], ...))
+ArrayLike = Tensor | np.ndarray | Sequence[float] | float | int | bool
 
 _FIELDS = ("obs", "act", "rew", "next_obs", "terminated", "truncated")
 
