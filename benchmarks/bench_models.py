@@ -617,24 +617,25 @@ def wins_and_losses(block: dict[str, Any]) -> list[str]:
     objective = roll.get(MAIN_ROLLOUT["koopman"])  # absent from reports before it existed
     seq = roll.get(KOOPMAN_SEQUENCE)
     rs = block["rollout_setup"]
-    if e and objective:
-        ratio = objective["steps_per_s"] / e["steps_per_s"]
-        verdict = "faster ✓" if ratio > 1 else "NOT faster ✗"
-        lines.append(
-            f"- Issue check — PETS' objective ({rs['candidates']} sequences × "
+    checks = (
+        (
+            objective,
+            f"Issue check — PETS' objective ({rs['candidates']} sequences × "
             f"{rs['particles']} particles, {rs['horizon']} steps) by the Koopman model's "
-            f"parallel multi-step prediction (`{objective.get('method')}`) vs the ensemble "
-            f"rolled step by step: {ratio:.2f}× ({verdict})."
-        )
-    if e and seq:
-        ratio = seq["steps_per_s"] / e["steps_per_s"]
-        verdict = "faster ✓" if ratio > 1 else "NOT faster ✗"
-        lines.append(
-            f"- Koopman's parallel multi-step prediction (`{seq.get('method')}`) on "
+            "parallel multi-step prediction (`{method}`) vs the ensemble rolled step by step",
+        ),
+        (
+            seq,
+            "Koopman's parallel multi-step prediction (`{method}`) on "
             f"{rs['candidates'] * rs['particles']:,} distinct rows (no particles shared) vs "
-            f"the ensemble rolled step by step over {rs['horizon']} steps: {ratio:.2f}× "
-            f"({verdict})."
-        )
+            f"the ensemble rolled step by step over {rs['horizon']} steps",
+        ),
+    )
+    for k, text in checks:
+        if e and k:
+            ratio = k["steps_per_s"] / e["steps_per_s"]
+            verdict = "faster ✓" if ratio > 1 else "NOT faster ✗"
+            lines.append(f"- {text.format(method=k.get('method'))}: {ratio:.2f}× ({verdict}).")
     if e:
         rec = roll.get("koopman predict_sequence (recurrent)")
         if rec:
