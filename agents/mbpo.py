@@ -68,7 +68,11 @@ from mbrl.agents.sac import SAC, SACConfig
 from mbrl.config import check_in_range, check_positive
 from mbrl.data.buffer import ReplayBuffer
 from mbrl.errors import MbrlError, unknown_name
-from mbrl.models.ensemble import EnsembleConfig, ProbabilisticEnsemble
+from mbrl.models.ensemble import (
+    EnsembleConfig,
+    ProbabilisticEnsemble,
+    check_gaussian_ensemble_model,
+)
 from mbrl.models.model_env import PROPAGATIONS, ModelEnv
 from mbrl.models.trainer import STATE_VERSION, ModelTrainer, TrainerConfig
 from mbrl.online import OnlineAgent
@@ -94,6 +98,9 @@ class MBPOConfig:
         real_ratio: fraction of real transitions in every SAC batch.
         propagation: ModelEnv member choice (``random_elite`` = TS1, the paper's).
         reward_source: ``model`` (learned reward, the paper's) or ``env`` (exact reward fn).
+        model: the dynamics model; only ``ensemble`` (the probabilistic ensemble): MBPO's
+            rollouts sample from a random elite's Gaussian, which the deterministic
+            sequence models lack (``koopman``/``transformer`` are refused with that reason).
         num_members, num_elites: ensemble size and members used in rollouts.
         model_hidden_size, model_num_layers, model_activation: ensemble MLP shape.
         model_weight_decays: L2 decay per linear layer (``model_num_layers + 1`` values).
@@ -116,6 +123,7 @@ class MBPOConfig:
     real_ratio: float = 0.05
     propagation: str = "random_elite"
     reward_source: str = "model"
+    model: str = "ensemble"
     num_members: int = 7
     num_elites: int = 5
     model_hidden_size: int = 200
@@ -172,6 +180,7 @@ class MBPOConfig:
         # a shaped planning reward would change the objective the policy learns
         if self.reward_source not in ("env", "model"):
             raise unknown_name("reward source", self.reward_source, ("env", "model"))
+        check_gaussian_ensemble_model("mbpo", self.model)
         # the nested configs validate their own fields (and name them)
         self.ensemble_config()
         self.trainer_config(0)

@@ -93,7 +93,11 @@ from mbrl.data.scores import normalized_score, ref_scores_for
 from mbrl.envs import EnvSpec, get_env_spec
 from mbrl.errors import MbrlError, unknown_name
 from mbrl.evaluation import evaluate_policy
-from mbrl.models.ensemble import EnsembleConfig, ProbabilisticEnsemble
+from mbrl.models.ensemble import (
+    EnsembleConfig,
+    ProbabilisticEnsemble,
+    check_gaussian_ensemble_model,
+)
 from mbrl.models.model_env import ModelEnv
 from mbrl.models.oracle import OracleDynamics
 from mbrl.models.trainer import ModelTrainer, TrainerConfig
@@ -397,6 +401,10 @@ class OfflineModelBasedConfig:
         model_retain_epochs: epochs of rollouts kept in the FIFO model buffer.
         real_ratio: fraction of dataset rows in every SAC batch (``int(ratio·B)`` rows).
         updates_per_epoch: SAC updates between two rollout rounds.
+        model: the dynamics model; only ``ensemble`` (the probabilistic ensemble): the
+            rollouts sample from a random elite's Gaussian and MOPO/MOBILE read its
+            variances, which the deterministic sequence models lack (``koopman``/
+            ``transformer`` are refused with that reason).
         num_members, num_elites: ensemble size and members used for rollouts.
         model_hidden_size, model_num_layers, model_activation: ensemble MLP shape.
         model_weight_decays: L2 decay per linear layer (``model_num_layers + 1`` values).
@@ -428,6 +436,7 @@ class OfflineModelBasedConfig:
     model_retain_epochs: int = 5
     real_ratio: float = 0.05
     updates_per_epoch: int = 1_000
+    model: str = "ensemble"
     num_members: int = 7
     num_elites: int = 5
     model_hidden_size: int = 200
@@ -477,6 +486,7 @@ class OfflineModelBasedConfig:
         if self.actor_lr_schedule not in ACTOR_LR_SCHEDULES:
             raise unknown_name("actor_lr_schedule", self.actor_lr_schedule, ACTOR_LR_SCHEDULES)
         name = type(self).__name__
+        check_gaussian_ensemble_model(name.removesuffix("Config").lower(), self.model)
         try:
             ProbabilisticEnsemble(1, 1, self.ensemble_config())
         except MbrlError as exc:

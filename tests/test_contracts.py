@@ -79,3 +79,21 @@ def test_agent_presets_are_valid(name: str) -> None:
         assert set(data) <= {"agent", "run"}, preset
         from_dict(config, data.get("agent", {}), source=preset)
         from_dict(RunConfig, data.get("run", {}), source=preset)
+
+
+@pytest.mark.parametrize("name", ["mbpo", "mopo", "mobile", "ravl"])
+def test_dyna_agents_refuse_sequence_models_at_start_up(name: str) -> None:
+    """Their recipes sample from a random elite's Gaussian: a deterministic sequence model
+    is refused when the config is built (before any data or env), saying why and where it
+    does plug in; an unknown model name lists the registered ones."""
+    from mbrl.errors import MbrlError
+
+    config = AGENTS.get(name).config
+    assert config is not None
+    assert config(model="ensemble").model == "ensemble"
+    for model in ("koopman", "transformer"):
+        with pytest.raises(MbrlError, match=rf"{name}: agent.model='{model}' is not supp") as e:
+            config(model=model)
+        assert "deterministic" in str(e.value) and f"--agent.model {model}" in str(e.value)
+    with pytest.raises(MbrlError, match=r"unknown model 'nope'.*ensemble, koopman, transformer"):
+        config(model="nope")

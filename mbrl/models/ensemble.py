@@ -567,3 +567,22 @@ class ProbabilisticEnsemble(MemberEnsemble):
 
 
 __all__ = ["EnsembleConfig", "ProbabilisticEnsemble"]
+
+
+def check_gaussian_ensemble_model(agent: str, model: str) -> None:
+    """Refuse, with the reason, a dynamics model other than the probabilistic ensemble
+    for ``agent`` (MBPO and the offline Dyna agents): their recipes draw every model step
+    from a random elite's predicted Gaussian, and MOPO/MOBILE read per-member variances or
+    samples, which the deterministic sequence models (Koopman, transformer) do not have.
+    """
+    if model == "ensemble":
+        return
+    if model not in MODELS:
+        raise unknown_name("model", model, MODELS.names(), hint=f"({agent}: agent.model)")
+    raise MbrlError(
+        f"{agent}: agent.model='{model}' is not supported: {agent} rolls out by sampling each "
+        "model step from a random elite's predicted Gaussian (MOPO and MOBILE also read "
+        f"per-member variances or samples), and the '{model}' model's members are "
+        "deterministic, with no predictive distribution. Use agent.model=ensemble here; "
+        f"plan with '{model}' in pets or psrl (mbrl train pets --agent.model {model})."
+    )
