@@ -566,9 +566,6 @@ class ProbabilisticEnsemble(MemberEnsemble):
         return self.predict_grouped(obs, act, counts, order)
 
 
-__all__ = ["EnsembleConfig", "ProbabilisticEnsemble"]
-
-
 def check_gaussian_ensemble_model(agent: str, model: str) -> None:
     """Refuse, with the reason, a dynamics model other than the probabilistic ensemble
     for ``agent`` (MBPO and the offline Dyna agents): their recipes draw every model step
@@ -586,3 +583,6 @@ def check_gaussian_ensemble_model(agent: str, model: str) -> None:
         "deterministic, with no predictive distribution. Use agent.model=ensemble here; "
         f"plan with '{model}' in pets or psrl (mbrl train pets --agent.model {model})."
     )
+
+
+__all__ = ["EnsembleConfig", "ProbabilisticEnsemble", "check_gaussian_ensemble_model"]
